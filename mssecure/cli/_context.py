@@ -1,0 +1,66 @@
+"""What every command shares: the configuration it found, the database, the operator account it acts as."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from mssecure.config import Config, find_config_file, load_config
+from mssecure.db import check_schema, make_engine, make_sessionmaker
+from mssecure.directory import Directory
+
+__all__ = ["CliContext"]
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+@dataclass
+class CliContext:
+    """Lazily loaded: ``init`` needs no configuration, read commands need no write access."""
+
+    config_path: str | None = None
+    actor: str | None = None
+    debug: bool = False
+    _engines: list[Engine] = field(default_factory=list)
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(find_config_file(self.config_path))
+
+    @cached_property
+    def engine(self) -> Engine:
+        engine = make_engine(self.config.database_url)
+        self._engines.append(engine)
+        check_schema(engine)
+        return engine
+
+    @property
+    def operator_account(self) -> str:
+        return self.actor or _default_actor()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed when the block succeeds, rolled back otherwise."""
+        with make_sessionmaker(self.engine)() as session, session.begin():
+            yield session
+
+    def directory(self, session: Session, source: str) -> Directory:
+        return Directory(
+            session, local_domains=self.config.operator.domains, actor=self.operator_account, source=source
+        )
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.dispose()

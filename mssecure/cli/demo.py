@@ -1,0 +1,100 @@
+"""``mssecure demo``: the README's first command, the main job on embedded defaults, told step by step.
+
+Each step runs the real ``mssecure`` command in a child process and prints it first, so a newcomer can type the same
+commands. Everything lives in a fresh directory that is kept afterwards for exploring.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from mssecure.directory.identifiers import luhn_check_digit
+from mssecure.errors import MssecureError
+
+__all__ = ["demo"]
+
+DOMAIN = "chu-nord.mssante.test"
+# Invented, with valid check digits.
+DOCTOR_RPPS = "1010001000" + luhn_check_digit("1010001000")
+PHARMACY_FINESS = "59000001" + luhn_check_digit("59000001")
+
+
+def _title(text: str) -> None:
+    click.echo()
+    click.secho(f"== {text}", bold=True)
+
+
+def _run(args: list[str], env: dict[str, str]) -> None:
+    click.secho("$ mssecure " + " ".join(_quote(a) for a in args), fg="cyan")
+    result = subprocess.run([sys.executable, "-m", "mssecure", *args], env=env, check=False)
+    if result.returncode != 0:
+        raise MssecureError(f"demo step failed (exit {result.returncode}): mssecure {' '.join(args)}")
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if not arg or any(c in arg for c in " '\"$&|;<>()") else arg
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to create the demo operator (default: a new temporary directory).",
+)
+@click.option("--lines", type=click.IntRange(min=10), default=2000, show_default=True, help="Size of the extraction.")
+def demo(workdir: Path | None, lines: int) -> None:
+    """Run the demo: set up an operator, import a national directory, manage a doctor and a pharmacy."""
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="mssecure-demo-"))
+    elif workdir.exists() and any(workdir.iterdir()):
+        raise MssecureError(f"{workdir} is not empty: choose a new directory for the demo")
+    operator = workdir / "chu-nord"
+    extraction = workdir / "extraction-correspondance-mssante.txt"
+    env = {
+        **os.environ,
+        "MSSECURE_CONFIG": str(operator / "mssecure.toml"),
+        "MSSECURE_ACTOR": "demo-operator",
+    }
+    env.pop("MSSECURE_DATABASE_URL", None)
+    click.secho(f"mssecure demo in {workdir}", bold=True)
+
+    _title("1. Set up the operator (SQLite database, embedded defaults)")
+    _run(["init", str(operator), "--domain", DOMAIN], env)
+    click.echo(f"(the following commands find it through MSSECURE_CONFIG={env['MSSECURE_CONFIG']})")
+
+    _title("2. Import the national directory extraction (synthetic: invented people, a few malformed lines)")
+    _run(["directory", "sample-extraction", str(extraction), "--lines", str(lines), "--with-errors"], env)
+    _run(["directory", "import", str(extraction)], env)
+
+    _title("3. Import it again: the import is idempotent, nothing changes")
+    _run(["directory", "import", str(extraction)], env)
+
+    _title("4. Our own certified addresses: a doctor and a pharmacy")
+    _run(["directory", "add", f"camille.lefevre@{DOMAIN}", "--kind", "personal", "--rpps", DOCTOR_RPPS,
+          "--civility", "DR", "--last-name", "LEFÈVRE", "--first-name", "Camille", "--profession", "10",
+          "--specialty", "SM53", "--specialty-label", "Spécialiste en Médecine Générale",
+          "--organization", "CHU Nord", "--reason", "new prescriber"], env)  # fmt: skip
+    _run(["directory", "add", f"pharmacie.du-marche@{DOMAIN}", "--kind", "organizational", "--finess",
+          PHARMACY_FINESS, "--organization", "Pharmacie du Marché", "--service", "Officine",
+          "--department", "59"], env)  # fmt: skip
+    _run(["directory", "list", "--local", "--limit", "8"], env)
+
+    _title("5. Search ignores case and accents: 'lefevre' finds 'LEFÈVRE'")
+    _run(["directory", "search", "lefevre", "camille", "--limit", "5"], env)
+
+    _title("6. Lifecycle: suspend, reactivate, and the history of every change")
+    _run(["directory", "suspend", f"camille.lefevre@{DOMAIN}", "--reason", "card reported lost"], env)
+    _run(["directory", "reactivate", f"camille.lefevre@{DOMAIN}", "--reason", "new card issued"], env)
+    _run(["directory", "history", f"camille.lefevre@{DOMAIN}"], env)
+    _run(["directory", "show", f"pharmacie.du-marche@{DOMAIN}"], env)
+
+    click.echo()
+    click.secho("Demo complete.", bold=True)
+    click.echo(f"The demo operator stays in {workdir}; try: export MSSECURE_CONFIG={env['MSSECURE_CONFIG']}")

@@ -1,0 +1,1 @@
+"""Alembic migrations of the mssecure schema (run by ``mssecure init`` and ``mssecure db upgrade``)."""
