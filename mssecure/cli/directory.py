@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -160,6 +161,8 @@ def show(cli: CliContext, address: str, as_json: bool) -> None:
     for key, value in values.items():
         if isinstance(value, bool):
             value = "yes" if value else "no"
+        elif isinstance(value, datetime):
+            value = value.strftime("%Y-%m-%d %H:%M:%S UTC")
         if value is not None and value != "":
             click.echo(f"{key.replace('_', ' '):<{width}}  {value}")
 
@@ -225,7 +228,7 @@ def search(cli: CliContext, text: tuple[str, ...], limit: int, as_json: bool) ->
             click.echo("No entry matches.", err=True)
 
 
-def _status_command(name: str, verb: str, reason_required: bool) -> click.Command:
+def _status_command(name: str, reason_required: bool) -> click.Command:
     @click.argument("address")
     @click.option("--reason", required=reason_required, help="Why (kept in the entry's history).")
     @pass_cli
@@ -233,7 +236,7 @@ def _status_command(name: str, verb: str, reason_required: bool) -> click.Comman
         with cli.session() as session:
             book = cli.directory(session, f"directory {name}")
             entry = getattr(book, name)(address, reason=reason)
-            click.echo(f"{entry.address} {verb}; it is now {entry.status}.")
+            click.echo(f"{entry.address} is now {entry.status}.")
 
     command.__doc__ = {
         "suspend": "Suspend ADDRESS: it can neither send nor receive until reactivated.",
@@ -243,9 +246,9 @@ def _status_command(name: str, verb: str, reason_required: bool) -> click.Comman
     return directory.command(name)(command)
 
 
-_status_command("suspend", "suspended", reason_required=True)
-_status_command("reactivate", "reactivated", reason_required=False)
-_status_command("revoke", "revoked", reason_required=True)
+_status_command("suspend", reason_required=True)
+_status_command("reactivate", reason_required=False)
+_status_command("revoke", reason_required=True)
 
 
 @directory.command("history")

@@ -50,7 +50,8 @@ def test_init_creates_a_private_config_and_an_initialised_database(operator: Ope
     assert stat.S_IMODE((operator.directory / "data").stat().st_mode) == 0o700
     assert stat.S_IMODE((operator.directory / "mssecure.db").stat().st_mode) == 0o600
     text = operator.config.read_text()
-    assert 'domain = "chu-nord.mssante.test"' in text and "# " in text
+    assert 'domain = "chu-nord.mssante.test"' in text
+    assert "# " in text
     assert operator.run("db", "current").exit_code == 0
 
 
@@ -239,7 +240,8 @@ def test_import_json_summary_shape_and_idempotence(operator: Operator, tmp_path:
 def test_import_text_report_lists_rejections(operator: Operator, tmp_path: Path) -> None:
     result = operator.run("directory", "import", str(_sample(operator, tmp_path / "x.txt", 20)))
     assert result.exit_code == 0
-    assert "created" in result.output and "rejected" in result.output
+    assert "created" in result.output
+    assert "rejected" in result.output
     assert "line 22: wrong column count: 20 columns, expected 31" in result.output
 
 

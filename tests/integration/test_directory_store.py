@@ -297,7 +297,8 @@ def test_reimport_with_changes_updates_and_records_the_difference(engine: Engine
         entry = book.get("camille.lefevre@chu-nord.mssante.test")
         assert entry.organization == "Clinique des Lilas"
         last = book.history(entry.address)[-1]
-        assert last.action == "updated" and last.actor == "importer"
+        assert last.action == "updated"
+        assert last.actor == "importer"
         assert last.changes == {"civility": [None, "DR"], "organization": ["CHU Nord", "Clinique des Lilas"]}
 
 
@@ -365,3 +366,12 @@ def test_export_imports_into_an_empty_database_identically(engine: Engine, tmp_p
         after = [e.to_data() for e in Directory(session, local_domains=LOCAL, actor="x").entries()]
     other.dispose()
     assert after == before
+
+
+def test_schema_revision_constant_is_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from mssecure.db import SCHEMA_REVISION, _alembic_config, make_engine
+
+    scripts = ScriptDirectory.from_config(_alembic_config(make_engine("sqlite://")))
+    assert scripts.get_current_head() == SCHEMA_REVISION
