@@ -109,8 +109,10 @@ def _extraction_record(line: int, text: str) -> Record:
 
 def read_extraction(raw: Iterable[bytes]) -> Iterator[Record]:
     lines = _lines(raw)
-    number, header = next(lines, (0, None))
-    if header is None or tuple(c.strip() for c in header.split("|")) != EXTRACTION_HEADER:
+    number, header = next(lines, (0, ""))
+    if header is None:
+        raise ImportFormatError("not a national directory extraction: the first line is not valid UTF-8")
+    if tuple(c.strip() for c in header.split("|")) != EXTRACTION_HEADER:
         raise ImportFormatError(
             "not a national directory extraction: the first line is not the 31-column header "
             f"starting with {EXTRACTION_HEADER[0]!r}|{EXTRACTION_HEADER[1]!r}"
@@ -237,6 +239,8 @@ def read_json(raw: Iterable[bytes]) -> Iterator[Record]:
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise ImportFormatError(f"line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ImportFormatError(f"line {line}: JSON nested too deeply") from None
         position = _skip_space(text, position)
         if not isinstance(value, dict):
             yield Record(line, reason="expected an object")
