@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -294,6 +295,9 @@ class _CountingLines:
             yield line
 
 
+_PARALLEL_FROM = 4 * 1024 * 1024  # below this, starting worker processes costs more than it saves
+
+
 @directory.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -302,17 +306,27 @@ class _CountingLines:
     type=click.Choice([f.value for f in Format]),
     help="File format (default: from the extension; .csv, .json, else the national extraction).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Processes parsing a national extraction beside the one writing (default: one per spare core for "
+    "files over 4 MB; 0: none).",
+)
 @click.option("--dry-run", is_flag=True, help="Report what would change, write nothing.")
 @click.option("--strict", is_flag=True, help="Write nothing if any line is rejected (exit 1).")
 @json_option
 @pass_cli
-def import_(cli: CliContext, file: Path, fmt: str | None, dry_run: bool, strict: bool, as_json: bool) -> None:
+def import_(
+    cli: CliContext, file: Path, fmt: str | None, workers: int | None, dry_run: bool, strict: bool, as_json: bool
+) -> None:
     """Import FILE: an idempotent upsert keyed on the lowercased address.
 
     Rejected lines are reported with their line number and reason; the others are imported.
     """
     file_format = Format(fmt) if fmt else _guess_format(file)
     size = file.stat().st_size
+    if workers is None:
+        workers = min(3, (os.cpu_count() or 1) - 1) if size > _PARALLEL_FROM else 0
     show_progress = not as_json and sys.stderr.isatty()
     with cli.engine.connect() as connection, file.open("rb") as stream:
         transaction = connection.begin()
@@ -327,7 +341,7 @@ def import_(cli: CliContext, file: Path, fmt: str | None, dry_run: bool, strict:
 
             report = import_records(
                 connection,
-                read_records(file_format, lines),
+                read_records(file_format, lines, workers=workers),
                 actor=cli.operator_account,
                 source=f"directory import --format {file_format} {file.name}",
                 progress=progress,

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from typing import IO, Any
 
 from mssecure.directory.records import DATA_FIELDS, EntryData, Kind
@@ -46,6 +50,7 @@ class Record:
     data: EntryData | None = None
     reason: str | None = None
     sets_status: bool = False
+    search_text: str | None = None  # precomputed by a parallel reader, else computed when stored
 
 
 EXTRACTION_HEADER = (
@@ -102,12 +107,16 @@ def _lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | None]]:
 
 def _extraction_record(line: int, text: str) -> Record:
     try:
-        return Record(line, _extraction_entry(text).validated())
+        return Record(line, EntryData.from_values(_extraction_values(text)))
     except InvalidEntry as exc:
         return Record(line, reason=str(exc))
 
 
-def read_extraction(raw: Iterable[bytes]) -> Iterator[Record]:
+def read_extraction(raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Record]:
+    """The records of a national extraction; with ``workers`` > 0, lines are parsed by that many processes.
+
+    Either way the records come out in file order, and at most a few chunks of lines are in flight.
+    """
     lines = _lines(raw)
     number, header = next(lines, (0, ""))
     if header is None:
@@ -117,14 +126,41 @@ def read_extraction(raw: Iterable[bytes]) -> Iterator[Record]:
             "not a national directory extraction: the first line is not the 31-column header "
             f"starting with {EXTRACTION_HEADER[0]!r}|{EXTRACTION_HEADER[1]!r}"
         )
-    for number, text in lines:
+    if workers <= 0:
+        for number, text in lines:
+            yield from _parse_extraction_lines([(number, text)], precompute=False)
+        return
+    context = multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[Future[list[Record]]] = deque()
+        while chunk := list(islice(lines, _CHUNK)):
+            pending.append(pool.submit(_parse_extraction_lines, chunk))
+            if len(pending) > 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+_CHUNK = 2000
+
+
+def _parse_extraction_lines(chunk: list[tuple[int, str | None]], precompute: bool = True) -> list[Record]:
+    """Parse (line number, text) pairs; ``precompute`` also folds the search text (off the importing process)."""
+    records: list[Record] = []
+    for number, text in chunk:
         if text is None:
-            yield Record(number, reason="line is not valid UTF-8")
+            records.append(Record(number, reason="line is not valid UTF-8"))
         elif text.strip():
-            yield _extraction_record(number, text)
+            record = _extraction_record(number, text)
+            if precompute and record.data is not None:
+                record = Record(number, record.data, search_text=record.data.search_text())
+            records.append(record)
+    return records
 
 
-def _extraction_entry(text: str) -> EntryData:
+def _extraction_values(text: str) -> dict[str, Any]:
     columns = [c.strip() for c in text.split("|")]
     if len(columns) != len(EXTRACTION_HEADER):
         raise InvalidEntry(f"wrong column count: {len(columns)} columns, expected {len(EXTRACTION_HEADER)}")
@@ -138,7 +174,8 @@ def _extraction_entry(text: str) -> EntryData:
         values["identifier_type"] = _code(_PERSON_ID_TYPES, columns[2], "professional identifier type")
     if columns[5] or columns[6]:
         values["structure_id_type"] = _code(_STRUCTURE_ID_TYPES, columns[5], "structure identifier type")
-    return EntryData(kind=kind, dematerialisation=_flag(columns[17]), **values)
+    values["kind"], values["dematerialisation"] = kind, _flag(columns[17])
+    return values
 
 
 def _code(codes: dict[str, str], code: str, what: str) -> str:
@@ -241,6 +278,8 @@ def read_json(raw: Iterable[bytes]) -> Iterator[Record]:
             raise ImportFormatError(f"line {exc.lineno}: malformed JSON ({exc.msg})") from None
         except RecursionError:
             raise ImportFormatError(f"line {line}: JSON nested too deeply") from None
+        except ValueError:  # e.g. an integer longer than Python converts
+            raise ImportFormatError(f"line {line}: malformed JSON (a value cannot be read)") from None
         position = _skip_space(text, position)
         if not isinstance(value, dict):
             yield Record(line, reason="expected an object")
@@ -265,8 +304,13 @@ def _line_of(text: str, position: int) -> int:
 _READERS = {Format.EXTRACTION: read_extraction, Format.CSV: read_csv, Format.JSON: read_json}
 
 
-def read_records(fmt: Format, raw: Iterable[bytes]) -> Iterator[Record]:
-    """The records of a file in format ``fmt``, read lazily from its raw lines."""
+def read_records(fmt: Format, raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Record]:
+    """The records of a file in format ``fmt``, read lazily from its raw lines.
+
+    ``workers`` > 0 parses a national extraction in that many processes (the other formats are read in order).
+    """
+    if fmt is Format.EXTRACTION:
+        return read_extraction(raw, workers=workers)
     return _READERS[fmt](raw)
 
 

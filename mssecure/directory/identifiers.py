@@ -34,15 +34,14 @@ _LOCAL_RE = re.compile(r"[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
+_DOUBLED = {str(d): (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
+
+
 def luhn_check_digit(digits: str) -> str:
     """The Luhn digit to append to ``digits`` so that the whole passes ``luhn_valid``."""
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2 == 0:  # these get doubled once the check digit is appended
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return str((10 - total % 10) % 10)
+    # Once the check digit is appended, the last digit here and every second one before it get doubled.
+    total = sum(map(_DOUBLED.__getitem__, digits[::-1][::2])) + sum(map(int, digits[::-1][1::2]))
+    return str(-total % 10)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -54,11 +53,12 @@ def luhn_valid(digits: str) -> bool:
 
 def check_address(value: str) -> str:
     """The address lowercased if it is a valid certified address, else InvalidEntry saying what is wrong."""
-    address = value.strip().lower()
+    address = value.strip()
     if not address:
         raise InvalidEntry("empty address")
-    if not address.isascii():
+    if not address.isascii():  # before lower(): "K" (Kelvin sign) lowercases to an ASCII "k"
         raise InvalidEntry(f"bad address {value!r}: only ASCII addresses are certified")
+    address = address.lower()
     if address.count("@") != 1:
         raise InvalidEntry(f"bad address {value!r}: expected local-part@domain")
     local, domain = address.split("@")

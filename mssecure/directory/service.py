@@ -39,11 +39,11 @@ def check_transition(address: str, current: Status, new: Status) -> str:
     return _TRANSITIONS[(current, new)]
 
 
-def row_values(data: EntryData, now: datetime) -> dict[str, Any]:
+def row_values(data: EntryData, now: datetime, search_text: str | None = None) -> dict[str, Any]:
     """The column values of a validated entry (without ``id`` and ``created_at``)."""
     values = data.to_dict()
     values["kind"], values["status"] = str(data.kind), str(data.status)
-    values.update(domain=data.domain, search_text=data.search_text(), updated_at=now)
+    values.update(domain=data.domain, search_text=search_text or data.search_text(), updated_at=now)
     return values
 
 

@@ -375,3 +375,27 @@ def test_schema_revision_constant_is_the_newest_migration() -> None:
 
     scripts = ScriptDirectory.from_config(_alembic_config(make_engine("sqlite://")))
     assert scripts.get_current_head() == SCHEMA_REVISION
+
+
+def test_parallel_parsing_gives_the_same_records_in_file_order() -> None:
+    raw = io.BytesIO(_sample(5000).encode()).readlines()
+    sequential = list(read_records(Format.EXTRACTION, raw))
+    parallel = list(read_records(Format.EXTRACTION, raw, workers=2))
+    assert [(r.line, r.data, r.reason) for r in parallel] == [(r.line, r.data, r.reason) for r in sequential]
+    assert all(r.search_text == r.data.search_text() for r in parallel if r.data is not None)
+
+
+def test_an_import_parsed_in_parallel_stores_the_same_directory(engine: Engine, tmp_path: object) -> None:
+    from mssecure.db import make_engine, upgrade_schema
+
+    text = _sample(3000)
+    other = make_engine(f"sqlite:///{tmp_path}/parallel.db")
+    upgrade_schema(other)
+    with other.connect() as connection, connection.begin():
+        raw = io.BytesIO(text.encode()).readlines()
+        parallel = import_records(connection, read_records(Format.EXTRACTION, raw, workers=2), actor="a", source="s")
+    assert parallel.to_json() == _import(engine, Format.EXTRACTION, text).to_json()
+    query = sa.text("SELECT address, search_text FROM directory_entries ORDER BY address")
+    with engine.connect() as a, other.connect() as b:
+        assert a.execute(query).all() == b.execute(query).all()
+    other.dispose()
