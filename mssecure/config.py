@@ -27,8 +27,10 @@ __all__ = [
     "CONFIG_FILENAME",
     "Config",
     "DatabaseConfig",
+    "DkimConfig",
     "OperatorConfig",
     "PathsConfig",
+    "PkiConfig",
     "find_config_file",
     "load_config",
     "render_config",
@@ -127,6 +129,53 @@ class PathsConfig:
     )
 
 
+def _check_url(value: str) -> str:
+    if value and not re.match(r"^https?://[^\s/]+/\S*$", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _check_days(value: int) -> int:
+    if not 1 <= value <= 3650:
+        raise ValueError("must be between 1 and 3650 days")
+    return value
+
+
+@dataclass(frozen=True)
+class PkiConfig:
+    """The operator's certificate authority."""
+
+    crl_url: str = _setting(
+        "Where relying parties fetch this operator's CRL (written in every certificate issued). "
+        "Empty: http://<hostname>/crl/ca.crl; publish the file `mssecure certs crl` writes there.",
+        example="",
+        check=_check_url,
+        default="",
+    )
+    smime_validity_days: int = _setting(
+        "Validity of the S/MIME certificates issued to directory entries, in days.",
+        example=730,
+        check=_check_days,
+        default=730,
+    )
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """DKIM signing of outgoing mail (RFC 6376)."""
+
+    selector: str = _setting(
+        "Selector of the operator's DKIM key: its public key is published at <selector>._domainkey.<domain>.",
+        example="mssecure",
+        check=lambda v: v if re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", v) else _raise("not a DNS label"),
+        default="mssecure",
+    )
+
+
+def _raise(message: str) -> Any:
+    raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it was read from."""
@@ -134,7 +183,13 @@ class Config:
     operator: OperatorConfig
     database: DatabaseConfig
     paths: PathsConfig
+    pki: PkiConfig
+    dkim: DkimConfig
     source: Path
+
+    @property
+    def crl_url(self) -> str:
+        return self.pki.crl_url or f"http://{self.operator.hostname}/crl/ca.crl"
 
     @property
     def base_dir(self) -> Path:
@@ -158,6 +213,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "operator": OperatorConfig,
     "database": DatabaseConfig,
     "paths": PathsConfig,
+    "pki": PkiConfig,
+    "dkim": DkimConfig,
 }
 
 

@@ -10,7 +10,11 @@ The tree (each class carries a message an operator can act on; the CLI prints it
     │   ├── EntryNotFound      no entry has this address
     │   ├── EntryExists        an entry already has this address
     │   └── InvalidTransition  a status change the lifecycle forbids (revoked is final)
-    └── ImportFormatError      an import file cannot be read at all (unknown format, wrong header, not UTF-8)
+    ├── ImportFormatError      an import file cannot be read at all (unknown format, wrong header, not UTF-8)
+    └── CryptoError            a cryptographic operation was refused
+        ├── KeyStoreError      the master secret or a stored key is missing, unreadable or exposed
+        ├── CertificateError   a certificate cannot be issued, renewed, revoked or imported
+        └── SignatureError     a message is not S/MIME, cannot be parsed, decrypted or verified
 
 Anything else that escapes is a bug: the CLI reports it as an internal error in one line (full traceback with
 ``--debug``). The SMTP side (issue 4) adds an exception that carries its SMTP reply.
@@ -53,3 +57,19 @@ class InvalidTransition(DirectoryError):
 
 class ImportFormatError(MssecureError):
     """An import file cannot be processed at all (as opposed to single rejected lines)."""
+
+
+class CryptoError(MssecureError):
+    """A cryptographic operation was refused (details for the log; a peer only hears a generic failure)."""
+
+
+class KeyStoreError(CryptoError):
+    """The master secret or a stored private key is missing, unreadable, or readable by others."""
+
+
+class CertificateError(CryptoError):
+    """A certificate cannot be issued, renewed, revoked or imported."""
+
+
+class SignatureError(CryptoError):
+    """A message is not S/MIME, or cannot be parsed, decrypted or verified."""

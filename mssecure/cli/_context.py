@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,8 +13,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from mssecure.config import Config, find_config_file, load_config
+from mssecure.crypto.authority import CertificateService, OperatorMaterial
 from mssecure.db import check_schema, make_engine, make_sessionmaker
-from mssecure.directory import Directory
+from mssecure.directory import Directory, Status
 
 __all__ = ["CliContext"]
 
@@ -56,9 +57,26 @@ class CliContext:
         with make_sessionmaker(self.engine)() as session, session.begin():
             yield session
 
+    @cached_property
+    def material(self) -> OperatorMaterial:
+        return OperatorMaterial(self.config)
+
+    def certificates(self, session: Session) -> CertificateService:
+        return CertificateService(session, self.material)
+
+    def status_listener(self, session: Session) -> Callable[[str, Status], None] | None:
+        """Directory status changes move the entry's certificates (hold, release, revoke) when we have a PKI."""
+        if not self.material.ca_cert_path.exists():
+            return None
+        return self.certificates(session).entry_status_changed
+
     def directory(self, session: Session, source: str) -> Directory:
         return Directory(
-            session, local_domains=self.config.operator.domains, actor=self.operator_account, source=source
+            session,
+            local_domains=self.config.operator.domains,
+            actor=self.operator_account,
+            source=source,
+            on_status_change=self.status_listener(session),
         )
 
     def close(self) -> None:

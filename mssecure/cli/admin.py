@@ -18,7 +18,9 @@ from mssecure.config import (
     render_config,
     validate_domain,
 )
-from mssecure.db import check_schema, display_url, has_schema, make_engine, upgrade_schema
+from mssecure.crypto.authority import OperatorMaterial
+from mssecure.crypto.pki import fingerprint
+from mssecure.db import check_schema, display_url, has_schema, make_engine, upgrade_schema, utcnow
 from mssecure.errors import ConfigError, DatabaseError
 
 __all__ = ["config", "db", "init"]
@@ -49,17 +51,33 @@ def _domains(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     help="SQLAlchemy URL of the database (default: SQLite file mssecure.db in DIRECTORY). "
     "A PostgreSQL password is better given as $MSSECURE_DATABASE_URL later.",
 )
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use this existing CA certificate (PEM, e.g. from a national PKI) instead of creating one.",
+)
+@click.option(
+    "--ca-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key (unencrypted PEM) of --ca-cert; it is stored encrypted under the master secret.",
+)
 def init(
     directory: Path,
     domain: str,
     hostname: str | None,
     extra_domains: tuple[str, ...],
     database_url: str | None,
+    ca_cert: Path | None,
+    ca_key: Path | None,
 ) -> None:
-    """Create an operator in DIRECTORY: a commented mssecure.toml and an initialised database.
+    """Create an operator in DIRECTORY: a commented mssecure.toml, an initialised database, and the operator's
+    PKI (CA, TLS certificate, DKIM and archive keys, encrypted under a master secret).
 
     Refuses to touch an existing configuration or database.
     """
+    if bool(ca_cert) != bool(ca_key):
+        raise click.UsageError("--ca-cert and --ca-key go together")
+    imported_ca = (ca_cert.read_bytes(), ca_key.read_bytes()) if ca_cert and ca_key else None
     config_file = directory / CONFIG_FILENAME
     if config_file.exists():
         raise ConfigError(f"{config_file} already exists: refusing to overwrite an operator's configuration")
@@ -87,6 +105,9 @@ def init(
         if not data_dir.exists():
             data_dir.mkdir(mode=0o700)
             created.append(data_dir)
+        elif any(data_dir.iterdir()):
+            raise ConfigError(f"{data_dir} is not empty: refusing to mix two operators' keys")
+        dkim_record = OperatorMaterial(cfg).create(now=utcnow(), imported_ca=imported_ca)
     except BaseException:
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)
@@ -97,7 +118,13 @@ def init(
     click.echo(f"Initialised operator {domain} in {directory}")
     click.echo(f"  configuration  {config_file}")
     click.echo(f"  database       {display_url(cfg.database_url)}")
-    click.echo(f"  data           {cfg.data_dir}")
+    click.echo(f"  data           {cfg.data_dir} (keys encrypted under the master secret)")
+    material = OperatorMaterial(cfg)
+    click.echo(f"  CA             {material.ca_cert_path} ({fingerprint(material.ca_certificate())})")
+    click.echo(f"  TLS            {material.tls_cert_path} for {cfg.operator.hostname}")
+    click.echo(f"  CRL            {material.crl_path} (publish it at {cfg.crl_url})")
+    click.echo("Publish the DKIM public key in DNS:")
+    click.echo(f"  {dkim_record}")
     click.echo(f"Next: export MSSECURE_CONFIG={config_file.resolve()}")
 
 

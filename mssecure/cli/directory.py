@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+from sqlalchemy.orm import Session
 
 from mssecure.cli._context import CliContext
 from mssecure.cli._output import echo_json, echo_json_lines, echo_table
@@ -328,7 +329,7 @@ def import_(
     if workers is None:
         workers = min(3, (os.cpu_count() or 1) - 1) if size > _PARALLEL_FROM else 0
     show_progress = not as_json and sys.stderr.isatty()
-    with cli.engine.connect() as connection, file.open("rb") as stream:
+    with cli.engine.connect() as connection, file.open("rb") as stream, Session(bind=connection) as session:
         transaction = connection.begin()
         lines = _CountingLines(stream)
         with click.progressbar(length=size, label="Importing", file=sys.stderr, hidden=not show_progress) as bar:
@@ -345,7 +346,9 @@ def import_(
                 actor=cli.operator_account,
                 source=f"directory import --format {file_format} {file.name}",
                 progress=progress,
+                on_status_change=cli.status_listener(session),
             )
+            session.flush()
             bar.update(size - done)
         if dry_run or (strict and report.rejected):
             transaction.rollback()

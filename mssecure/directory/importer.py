@@ -74,10 +74,12 @@ def import_records(
     source: str,
     clock: Callable[[], datetime] = utcnow,
     progress: Callable[[int], None] | None = None,
+    on_status_change: Callable[[str, Status], None] | None = None,
 ) -> ImportReport:
     """Upsert ``records`` through ``connection`` (inside the caller's transaction) and report what happened.
 
-    ``progress`` is called with the number of records handled after each batch.
+    ``progress`` is called with the number of records handled after each batch; ``on_status_change`` with
+    (address, new status) for each status a file changes, after it is written.
     """
     report = ImportReport()
     seen: set[int] = set()
@@ -100,7 +102,10 @@ def import_records(
 
     stream = accepted()
     while batch := list(islice(stream, BATCH_SIZE)):
-        _import_batch(connection, batch, report, actor=actor, source=source, now=clock())
+        changed = _import_batch(connection, batch, report, actor=actor, source=source, now=clock())
+        if on_status_change is not None:
+            for address, status in changed:
+                on_status_change(address, status)
         if progress is not None:
             progress(len(batch))
     return report
@@ -114,7 +119,7 @@ def _import_batch(
     actor: str,
     source: str,
     now: datetime,
-) -> None:
+) -> list[tuple[str, Status]]:
     addresses = [r.data.address for r in batch if r.data is not None]
     existing = {
         row.address: row for row in connection.execute(sa.select(_ENTRIES).where(_ENTRIES.c.address.in_(addresses)))
@@ -122,6 +127,7 @@ def _import_batch(
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
+    status_changes: list[tuple[str, Status]] = []
     for record in batch:
         data = record.data
         assert data is not None
@@ -142,6 +148,7 @@ def _import_batch(
                 report.rejected.append(Rejection(record.line, str(exc)))
                 continue
             diff["status"] = [str(status), str(data.status)]
+            status_changes.append((data.address, data.status))
         elif data.status is not status:
             data = replace(data, status=status)  # the file says nothing of the status: ours stands
         if not diff:
@@ -165,6 +172,7 @@ def _import_batch(
         report.updated += len(updates)
     if history:
         _insert_many(connection, _CHANGES, history)
+    return status_changes
 
 
 def _insert_many(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

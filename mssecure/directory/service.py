@@ -58,8 +58,10 @@ class Directory:
         actor: str,
         source: str = "cli",
         clock: Callable[[], datetime] = utcnow,
+        on_status_change: Callable[[str, Status], None] | None = None,
     ) -> None:
         self.session = session
+        self.on_status_change = on_status_change  # e.g. the certificates following the entry (held, revoked)
         self.local_domains = local_domains
         self.actor = actor
         self.source = source
@@ -179,6 +181,8 @@ class Directory:
         changes = {"status": [entry.status, str(status)]}
         entry.status, entry.updated_at = str(status), now
         self._record(entry, action, changes, reason, now)
+        if self.on_status_change is not None:
+            self.on_status_change(entry.address, status)
         return entry
 
     def _record(

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from mssecure.db import Base
+from mssecure.models import Base
 
 engine = context.config.attributes["engine"]
 

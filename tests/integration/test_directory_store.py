@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from mssecure.db import Base, make_sessionmaker
+from mssecure.db import make_sessionmaker
 from mssecure.directory import (
     Directory,
     EntryData,
@@ -29,6 +29,7 @@ from mssecure.directory.formats import EXTRACTION_HEADER
 from mssecure.directory.identifiers import luhn_check_digit
 from mssecure.directory.synthetic import write_sample_extraction
 from mssecure.errors import EntryExists, EntryNotFound, InvalidEntry, InvalidTransition
+from mssecure.models import Base
 
 LOCAL = frozenset({"chu-nord.mssante.test"})
 RPPS = "1010001000" + luhn_check_digit("1010001000")

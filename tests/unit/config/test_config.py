@@ -112,7 +112,7 @@ def test_operator_domains_is_the_domain_alone_without_extra_domains() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (MINIMAL + "[bogus]\nkey = 1\n", r"unknown section \[bogus\] \(known: operator, database, paths\)"),
+        (MINIMAL + "[bogus]\nkey = 1\n", r"unknown section \[bogus\] \(known: operator, database, paths, pki, dkim\)"),
         (MINIMAL + "bogus = 1\n", r"unknown key operator\.bogus \(known: domain, hostname, extra_domains\)"),
         (MINIMAL + "[database]\nuri = 'sqlite:///x.db'\n", r"unknown key database\.uri"),
         (MINIMAL + "[operator.sub]\nx = 1\n", r"unknown key operator\.sub"),

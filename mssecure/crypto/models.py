@@ -1,0 +1,39 @@
+"""Storage of certificates: ours (issued by the operator CA, with their encrypted private keys) and peers'."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mssecure.db import Base, UTCDateTime
+
+__all__ = ["CertificateRecord"]
+
+
+class CertificateRecord(Base):
+    """One certificate bound to a directory address. ``status``: valid, hold (suspended), revoked."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('valid', 'hold', 'revoked')", name="ck_certificate_status"),
+        sa.CheckConstraint("purpose IN ('smime', 'tls')", name="ck_certificate_purpose"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[str] = mapped_column(sa.String(64), unique=True)  # hex, uppercase
+    issuer: Mapped[str] = mapped_column(sa.String(500))  # RFC 4514
+    address: Mapped[str] = mapped_column(sa.String(254), index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(8))
+    subject: Mapped[str] = mapped_column(sa.String(500))
+    key_type: Mapped[str] = mapped_column(sa.String(16))
+    fingerprint: Mapped[str] = mapped_column(sa.String(100))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[str] = mapped_column(sa.String(8), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    certificate_pem: Mapped[str] = mapped_column(sa.Text)
+    private_key_pem: Mapped[str | None] = mapped_column(sa.Text)  # encrypted PKCS#8; None for peers' certificates
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
