@@ -145,7 +145,8 @@ def test_issued_smime_certificate_profile(pki: Operator, tmp_path: Path) -> None
     eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH}
     usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.digital_signature and usage.key_encipherment
+    assert usage.digital_signature
+    assert usage.key_encipherment
     points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert points[0].full_name[0].value == "http://mail.chu-nord.mssante.test/crl/ca.crl"
     assert certificate.public_key().key_size >= 2048  # type: ignore[union-attr]
@@ -163,8 +164,8 @@ def test_organizational_p256_certificate(pki: Operator, tmp_path: Path) -> None:
     ("prepare", "address", "fragment"),
     [
         ([], "nobody@chu-nord.mssante.test", "no directory entry"),
-        (["directory", "add", "dr.x@ght-sud.mssante.test", "--kind", "personal", "--rpps", RPPS], "dr.x@ght-sud.mssante.test",
-         "peer operator's address"),
+        (["directory", "add", "dr.x@ght-sud.mssante.test", "--kind", "personal", "--rpps", RPPS],
+         "dr.x@ght-sud.mssante.test", "peer operator's address"),
         (["directory", "suspend", DOCTOR, "--reason", "x"], DOCTOR, "active entries only"),
     ],
 )  # fmt: skip
@@ -192,7 +193,8 @@ def test_directory_lifecycle_moves_the_certificates_and_the_crl(pki: Operator, t
     pem = pem_of(pki, DOCTOR, tmp_path)
     assert _verify_with_crl(pki, pem, tmp_path).returncode == 0
     pki.run("directory", "suspend", DOCTOR, "--reason", "card lost")
-    assert serial in _crl_text(pki).replace(":", "") and "Certificate Hold" in _crl_text(pki)
+    assert serial in _crl_text(pki).replace(":", "")
+    assert "Certificate Hold" in _crl_text(pki)
     assert _verify_with_crl(pki, pem, tmp_path).returncode != 0
     pki.run("directory", "reactivate", DOCTOR)
     assert serial not in _crl_text(pki).replace(":", "")
@@ -236,7 +238,8 @@ def test_export_p12_is_read_by_openssl(pki: Operator, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     info = openssl("pkcs12", "-in", str(out), "-passin", "pass:correct horse battery", "-nodes")
-    assert "BEGIN PRIVATE KEY" in info.stdout and DOCTOR in info.stdout
+    assert "BEGIN PRIVATE KEY" in info.stdout
+    assert DOCTOR in info.stdout
     assert info.stdout.count("BEGIN CERTIFICATE") == 2  # the entry's and our CA
     assert openssl("pkcs12", "-in", str(out), "-passin", "pass:wrong", "-noout", check=False).returncode != 0
     again = pki.run("certs", "export-p12", DOCTOR, "--out", str(out), "--password-file", str(password))
