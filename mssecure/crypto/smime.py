@@ -1,0 +1,350 @@
+"""S/MIME (RFC 8551) for the relay: sign, encrypt, decrypt, verify — bytes in, bytes or a result value out.
+
+- **sign**: the original message is wrapped whole as ``message/rfc822`` (header protection, as the Direct Project
+  requires) and signed as a detached ``multipart/signed`` with SHA-256 (RFC 8551 §3.5.3, RFC 1847). The outer
+  headers carry only what transport needs (From, To, Cc, Date, Message-ID): never the Subject, which may name a
+  patient.
+- **encrypt**: ``application/pkcs7-mime; smime-type=enveloped-data`` (RFC 8551 §3.3), AES-256-CBC, one
+  RecipientInfo per recipient certificate (RSA key transport).
+- **decrypt**: enveloped data with AES-128 or AES-256 (CBC), also under the legacy ``application/x-pkcs7-mime``.
+- **verify**: the first part's exact raw bytes (cut at the boundary, never re-serialised) against the detached
+  signature, through ``mssecure.crypto.cms``; then the signer's address must be the inner From.
+
+Line endings are made CRLF (canonical form, RFC 8551 §3.1.1) before anything is signed or encrypted.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from mssecure.crypto.cms import STRICT, SignerResult, VerificationPolicy, encapsulated_content, verify_signed_data
+from mssecure.errors import SignatureError
+
+__all__ = [
+    "Verification",
+    "canonical",
+    "decrypt",
+    "encrypt",
+    "is_encrypted",
+    "is_signed",
+    "sign",
+    "unwrap",
+    "verify",
+]
+
+_OUTER_HEADERS = ("from", "to", "cc", "date", "message-id")
+_MAX_HEADER_BYTES = 256 * 1024
+
+
+def canonical(message: bytes) -> bytes:
+    """Every line ending as CRLF (bare LF and bare CR alike)."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+
+
+def _split(message: bytes) -> tuple[bytes, bytes]:
+    """(header block without the blank line, body) of a CRLF message."""
+    if message.startswith(b"\r\n"):
+        return b"", message[2:]
+    head, separator, body = message.partition(b"\r\n\r\n")
+    if not separator:
+        if len(message) > _MAX_HEADER_BYTES:
+            raise SignatureError("no end of headers found")
+        return message, b""
+    return head, body
+
+
+def _headers(head: bytes) -> Message:
+    return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n\r\n")
+
+
+def _outer_lines(head: bytes) -> list[bytes]:
+    """The raw header fields (with their folded continuation lines) kept on the outside of a protected message."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return [f for f in fields if f.split(b":", 1)[0].strip().lower().decode("ascii", "replace") in _OUTER_HEADERS]
+
+
+def _base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
+
+
+def _boundary() -> str:
+    return f"----=_mssecure_{secrets.token_hex(12)}"
+
+
+def sign(message: bytes, certificate: x509.Certificate, key: Any, *, chain: Sequence[x509.Certificate] = ()) -> bytes:
+    """The message wrapped as message/rfc822 and signed (detached, SHA-256) by ``certificate``/``key``."""
+    message = canonical(message)
+    head, _ = _split(message)
+    inner = b"Content-Type: message/rfc822\r\n\r\n" + message
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(inner).add_signer(certificate, key, hashes.SHA256())
+    for extra in chain:
+        builder = builder.add_certificate(extra)
+    signature = builder.sign(
+        serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]
+    )
+    boundary = _boundary().encode()
+    outer = b"\r\n".join(_outer_lines(head))
+    return (
+        (outer + b"\r\n" if outer else b"")
+        + b"MIME-Version: 1.0\r\n"
+        + b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256;\r\n'
+        + b' boundary="' + boundary + b'"\r\n\r\n'
+        + b"This is a cryptographically signed message in MIME format.\r\n\r\n"
+        + b"--" + boundary + b"\r\n"
+        + inner
+        + b"\r\n--" + boundary + b"\r\n"
+        + b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
+        + b"Content-Transfer-Encoding: base64\r\n"
+        + b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
+        + _base64_lines(signature)
+        + b"--" + boundary + b"--\r\n"
+    )  # fmt: skip
+
+
+def encrypt(message: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
+    """The message's MIME entity enveloped (AES-256-CBC) for every recipient; transport headers stay outside."""
+    if not recipients:
+        raise SignatureError("no recipient certificate to encrypt to")
+    message = canonical(message)
+    head, body = _split(message)
+    entity_lines = [f for f in _field_lines(head) if f.lower().startswith(b"content-")]
+    if not any(f.lower().startswith(b"content-type:") for f in entity_lines):
+        entity_lines.insert(0, b"Content-Type: text/plain; charset=us-ascii")
+    entity = b"\r\n".join(entity_lines) + b"\r\n\r\n" + body
+    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity).set_content_encryption_algorithm(algorithms.AES256)
+    for certificate in recipients:
+        if not isinstance(certificate.public_key(), rsa.RSAPublicKey):
+            raise SignatureError(f"cannot encrypt to {certificate.subject.rfc4514_string()}: not an RSA key")
+        builder = builder.add_recipient(certificate)
+    enveloped = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    outer = b"\r\n".join(_outer_lines(head))
+    return (
+        (outer + b"\r\n" if outer else b"")
+        + b"MIME-Version: 1.0\r\n"
+        + b'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n'
+        + b"Content-Transfer-Encoding: base64\r\n"
+        + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n'
+        + _base64_lines(enveloped)
+    )  # fmt: skip
+
+
+def _field_lines(head: bytes) -> list[bytes]:
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields
+
+
+def _content_type(head: bytes) -> tuple[str, Message]:
+    headers = _headers(head)
+    return headers.get_content_type(), headers
+
+
+def is_encrypted(message: bytes) -> bool:
+    content_type, headers = _content_type(_split(canonical(message))[0])
+    smime_type = (headers.get_param("smime-type") or "enveloped-data") if content_type else ""
+    return content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime") and str(smime_type).lower() in (
+        "enveloped-data",
+        "authenveloped-data",
+    )
+
+
+def is_signed(message: bytes) -> bool:
+    content_type, headers = _content_type(_split(canonical(message))[0])
+    if content_type == "multipart/signed":
+        return True
+    return (
+        content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime")
+        and str(headers.get_param("smime-type") or "").lower() == "signed-data"
+    )
+
+
+def _base64_body(body: bytes) -> bytes:
+    try:
+        return base64.b64decode(re.sub(rb"\s+", b"", body), validate=True)
+    except ValueError:
+        raise SignatureError("the S/MIME body is not valid base64") from None
+
+
+def decrypt(message: bytes, certificate: x509.Certificate, key: Any) -> bytes:
+    """The decrypted MIME entity of an enveloped message (SignatureError if it is not one, or not for this key)."""
+    message = canonical(message)
+    _, body = _split(message)
+    if not is_encrypted(message):
+        raise SignatureError("not an S/MIME encrypted message (application/pkcs7-mime enveloped-data)")
+    der = _base64_body(body)
+    try:
+        return canonical(pkcs7.pkcs7_decrypt_der(der, certificate, key, [pkcs7.PKCS7Options.Binary]))
+    except ValueError as exc:
+        raise SignatureError(f"cannot decrypt: {exc}") from None
+    except Exception as exc:  # the backend's errors for unsupported algorithms are not all ValueError
+        raise SignatureError(f"cannot decrypt: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SignerCheck:
+    """One signer, with the address checks added to the CMS checks."""
+
+    result: SignerResult
+    reasons: tuple[str, ...]
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+    @property
+    def address(self) -> str | None:
+        addresses = self.result.email_addresses
+        return addresses[0] if addresses else None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of verifying a signed message: valid when at least one signer is fully valid."""
+
+    signers: tuple[SignerCheck, ...]
+    content: bytes  # the signed MIME entity, exactly as signed
+    inner_message: bytes | None  # the wrapped message (message/rfc822), if the content is one
+    from_address: str | None  # From of the inner message (or of the signed entity's headers)
+    reasons: tuple[str, ...] = field(default=())  # problems of the message as a whole
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons and any(s.valid for s in self.signers)
+
+    @property
+    def valid_signer(self) -> SignerCheck | None:
+        return next((s for s in self.signers if s.valid), None)
+
+    def all_reasons(self) -> list[str]:
+        found = list(self.reasons)
+        for signer in self.signers:
+            who = signer.address or "unknown signer"
+            found.extend(f"{who}: {reason}" for reason in signer.reasons)
+        return found
+
+
+def _signed_parts(entity: bytes) -> tuple[bytes, bytes, str]:
+    """(first part exactly as signed, signature DER, boundary) of a multipart/signed entity."""
+    head, body = _split(entity)
+    headers = _headers(head)
+    boundary = headers.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary or len(boundary) > 200:
+        raise SignatureError("multipart/signed without a usable boundary")
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    # RFC 2046 §5.1.1: the delimiter is CRLF "--" boundary; the CRLF before it belongs to the delimiter.
+    if body.startswith(delimiter + b"\r\n"):
+        start = 0
+    else:
+        start = body.find(b"\r\n" + delimiter + b"\r\n")
+        if start < 0:
+            raise SignatureError("multipart/signed: no first part")
+        start += 2
+    first_start = start + len(delimiter) + 2
+    first_end = body.find(b"\r\n" + delimiter, first_start)
+    if first_end < 0:
+        raise SignatureError("multipart/signed: no second part")
+    first = body[first_start:first_end]
+    second_start = first_end + 2 + len(delimiter)
+    if body[second_start : second_start + 2] != b"\r\n":
+        raise SignatureError("multipart/signed: malformed delimiter")
+    second_end = body.find(b"\r\n" + delimiter + b"--", second_start)
+    second = body[second_start + 2 : second_end if second_end >= 0 else len(body)]
+    sig_head, sig_body = _split(second)
+    sig_type, _ = _content_type(sig_head)
+    if sig_type not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
+        raise SignatureError(f"multipart/signed: second part is {sig_type}, not application/pkcs7-signature")
+    return first, _base64_body(sig_body), boundary
+
+
+def unwrap(content: bytes) -> bytes | None:
+    """The message inside a ``message/rfc822`` entity, or None if the entity is something else."""
+    head, body = _split(canonical(content))
+    content_type, _ = _content_type(head)
+    return body if content_type == "message/rfc822" else None
+
+
+def _from_address(message: bytes) -> str | None:
+    head, _ = _split(message)
+    headers = _headers(head)
+    values = headers.get_all("From") or []
+    addresses = [a for _, a in getaddresses([str(v) for v in values]) if a]
+    return addresses[0].lower() if len(addresses) == 1 else None
+
+
+def verify(
+    message: bytes,
+    *,
+    anchors: Sequence[x509.Certificate],
+    at: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    extra_certificates: Sequence[x509.Certificate] = (),
+    policy: VerificationPolicy = STRICT,
+    require_wrapping: bool = True,
+) -> Verification:
+    """Verify a signed message or MIME entity (detached multipart/signed, or opaque signed-data).
+
+    Each signer must chain to ``anchors`` under ``policy`` at time ``at``, and its certificate's address must be
+    the From of the signed (inner) message. Raises SignatureError only when the input is not S/MIME signed.
+    """
+    message = canonical(message)
+    head, body = _split(message)
+    content_type, _ = _content_type(head)
+    if content_type == "multipart/signed":
+        content, signature, _ = _signed_parts(message)
+        results = verify_signed_data(signature, content, anchors=anchors, at=at, crls=crls,
+                                     extra_certificates=extra_certificates, policy=policy)  # fmt: skip
+    elif content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime") and is_signed(message):
+        der = _base64_body(body)
+        content = canonical(encapsulated_content(der))
+        results = verify_signed_data(der, None, anchors=anchors, at=at, crls=crls,
+                                     extra_certificates=extra_certificates, policy=policy)  # fmt: skip
+    else:
+        raise SignatureError(f"not an S/MIME signed message ({content_type})")
+    inner = unwrap(content)
+    reasons: list[str] = []
+    if inner is None and require_wrapping:
+        reasons.append("signed content is not a wrapped message (message/rfc822)")
+    from_address = _from_address(inner if inner is not None else content) or _from_address(message)
+    if from_address is None:
+        reasons.append("the signed message has no single From address")
+    if not results:
+        reasons.append("no signer")
+    checks = []
+    for result in results:
+        signer_reasons = list(result.reasons)
+        if from_address and result.certificate is not None and not _address_matches(from_address, result):
+            shown = ", ".join(result.email_addresses) or "none"
+            signer_reasons.append(f"signer address ({shown}) is not the From address {from_address}")
+        checks.append(SignerCheck(result, tuple(signer_reasons)))
+    return Verification(tuple(checks), content, inner, from_address, tuple(reasons))
+
+
+def _address_matches(address: str, result: SignerResult) -> bool:
+    # RFC 8550 §3: the certificate's email address must match the sender's; we compare case-insensitively.
+    return parseaddr(address)[1].lower() in {a.lower() for a in result.email_addresses}
