@@ -87,13 +87,14 @@ def main(ctx: click.Context, config_path: str | None, actor: str | None, debug: 
 
 
 def _register() -> None:
-    from mssecure.cli import admin, certs, demo, directory
+    from mssecure.cli import admin, certs, demo, directory, smime
 
     main.add_command(admin.init)
     main.add_command(admin.db)
     main.add_command(admin.config)
     main.add_command(directory.directory)
     main.add_command(certs.certs)
+    main.add_command(smime.smime_group)
     main.add_command(demo.demo)
 
 

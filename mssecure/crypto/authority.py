@@ -253,6 +253,26 @@ class CertificateService:
                 return record
         raise CertificateError(f"{address} has no valid certificate (issue one with `mssecure certs issue`)")
 
+    def for_encryption(self, address: str) -> x509.Certificate:
+        """The certificate to encrypt to ``address``: its newest valid one (ours or a peer's)."""
+        now = self.clock()
+        for record in self.find(address):
+            if record.status == "valid" and record.not_before <= now <= record.not_after:
+                return x509.load_pem_x509_certificate(record.certificate_pem.encode())
+        raise CertificateError(f"{address} has no valid certificate to encrypt to")
+
+    def decryption_keys(self, address: str) -> list[tuple[x509.Certificate, Any]]:
+        """Every (certificate, key) of ``address`` that may have been encrypted to, newest first (revoked ones
+        too: mail encrypted before a revocation must stay readable)."""
+        pairs = [
+            (x509.load_pem_x509_certificate(r.certificate_pem.encode()), self.key_of(r))
+            for r in self.find(address)
+            if r.private_key_pem is not None
+        ]
+        if not pairs:
+            raise CertificateError(f"{address} has no private key here")
+        return pairs
+
     def renew(self, address: str, *, key_type: KeyType | None = None) -> Renewal:
         previous = [r for r in self.records(address=address) if r.status != "revoked"]
         new = self.issue(address, key_type=key_type or (previous[-1].key_type if previous else "rsa"))  # type: ignore[arg-type]

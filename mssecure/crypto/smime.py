@@ -199,7 +199,7 @@ def decrypt(message: bytes, certificate: x509.Certificate, key: Any) -> bytes:
         raise SignatureError("not an S/MIME encrypted message (application/pkcs7-mime enveloped-data)")
     der = _base64_body(body)
     try:
-        return canonical(pkcs7.pkcs7_decrypt_der(der, certificate, key, [pkcs7.PKCS7Options.Binary]))
+        return canonical(pkcs7.pkcs7_decrypt_der(der, certificate, key, []))
     except ValueError as exc:
         raise SignatureError(f"cannot decrypt: {exc}") from None
     except Exception as exc:  # the backend's errors for unsupported algorithms are not all ValueError

@@ -1,0 +1,150 @@
+"""``mssecure smime``: sign, encrypt, decrypt and verify messages by hand, as the relay does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import click
+from cryptography import x509
+
+from mssecure.cli._context import CliContext
+from mssecure.cli._output import echo_json
+from mssecure.crypto import smime
+from mssecure.crypto.cms import LEGACY, STRICT
+from mssecure.crypto.pki import fingerprint
+from mssecure.directory import Directory
+from mssecure.errors import SignatureError
+
+__all__ = ["smime_group"]
+
+pass_cli = click.make_pass_decorator(CliContext)
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def _read(stream: IO[bytes]) -> bytes:
+    data = stream.read(_MAX_MESSAGE + 1)
+    if len(data) > _MAX_MESSAGE:
+        raise SignatureError(f"message larger than {_MAX_MESSAGE // (1024 * 1024)} MiB")
+    return data
+
+
+@click.group("smime")
+def smime_group() -> None:
+    """S/MIME by hand: what the relay does to every message."""
+
+
+@smime_group.command("sign")
+@click.option("--as", "address", required=True, help="Sign with this local address's certificate.")
+@click.argument("infile", type=click.File("rb"))
+@click.argument("outfile", type=click.File("wb"))
+@pass_cli
+def sign(cli: CliContext, address: str, infile: IO[bytes], outfile: IO[bytes]) -> None:
+    """Wrap the message IN as message/rfc822 and sign it (detached, SHA-256) into OUT."""
+    message = _read(infile)
+    with cli.session() as session:
+        service = cli.certificates(session)
+        record = service.current(address)
+        certificate = x509.load_pem_x509_certificate(record.certificate_pem.encode())
+        signed = smime.sign(message, certificate, service.key_of(record), chain=[cli.material.ca_certificate()])
+    outfile.write(signed)
+
+
+@smime_group.command("encrypt")
+@click.option("--to", "recipients", multiple=True, required=True, help="Encrypt to this address (repeatable).")
+@click.argument("infile", type=click.File("rb"))
+@click.argument("outfile", type=click.File("wb"))
+@pass_cli
+def encrypt(cli: CliContext, recipients: tuple[str, ...], infile: IO[bytes], outfile: IO[bytes]) -> None:
+    """Encrypt the message IN (AES-256-CBC) to every recipient's certificate into OUT."""
+    message = _read(infile)
+    with cli.session() as session:
+        service = cli.certificates(session)
+        certificates = [service.for_encryption(address) for address in recipients]
+    outfile.write(smime.encrypt(message, certificates))
+
+
+@smime_group.command("decrypt")
+@click.option("--as", "address", required=True, help="Decrypt with this local address's keys.")
+@click.argument("infile", type=click.File("rb"))
+@click.argument("outfile", type=click.File("wb"))
+@pass_cli
+def decrypt(cli: CliContext, address: str, infile: IO[bytes], outfile: IO[bytes]) -> None:
+    """Decrypt the message IN with ADDRESS's keys into OUT (the decrypted MIME entity)."""
+    message = _read(infile)
+    with cli.session() as session:
+        pairs = cli.certificates(session).decryption_keys(address)
+    for certificate, key in pairs:
+        try:
+            outfile.write(smime.decrypt(message, certificate, key))
+            return
+        except SignatureError:
+            continue
+    raise SignatureError(f"the message is not encrypted to any certificate of {address}")
+
+
+def _identity(book: Directory, address: str | None) -> dict[str, Any] | None:
+    entry = book.find(address) if address else None
+    if entry is None:
+        return None
+    return {
+        "address": entry.address,
+        "status": entry.status,
+        "name": entry.to_data().display_name,
+        "national_id": entry.national_id,
+        "profession": entry.profession_label,
+        "specialty": entry.specialty_label,
+        "organization": entry.organization,
+    }
+
+
+@smime_group.command("verify")
+@click.argument("infile", type=click.File("rb"))
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), help="Validate as of (UTC).")
+@click.option("--legacy", is_flag=True, help="Admit SHA-1 and RSA-1024 (old messages, checked as of a past date).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_cli
+def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool, as_json: bool) -> None:
+    """Verify the signed message IN against this operator's CA and CRL; exit 0 only when it is valid."""
+    message = _read(infile)
+    if smime.is_encrypted(message):
+        raise SignatureError("the message is encrypted: decrypt it first (mssecure smime decrypt)")
+    when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
+    result = smime.verify(
+        message,
+        anchors=[cli.material.ca_certificate()],
+        crls=[cli.material.crl()],
+        at=when,
+        policy=LEGACY if legacy else STRICT,
+    )
+    with cli.session() as session:
+        book = cli.directory(session, "smime verify")
+        signers: list[dict[str, Any]] = [
+            {
+                "address": s.address,
+                "valid": s.valid,
+                "reasons": list(s.reasons),
+                "signing_time": s.result.signing_time,
+                "certificate_fingerprint": fingerprint(s.result.certificate) if s.result.certificate else None,
+                "chain": [c.subject.rfc4514_string() for c in s.result.chain],
+                "identity": _identity(book, s.address),
+            }
+            for s in result.signers
+        ]
+    report = {"valid": result.valid, "from": result.from_address, "reasons": list(result.reasons), "signers": signers}
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(("VALID" if result.valid else "INVALID") + f" signature, From {result.from_address}")
+        for signer in signers:
+            identity = signer["identity"] or {}
+            mark = "ok " if signer["valid"] else "BAD"
+            click.echo(
+                f"  [{mark}] {signer['address']}  {identity.get('name') or ''}  {identity.get('national_id') or ''}"
+            )
+            for reason in signer["reasons"]:
+                click.echo(f"        {reason}")
+        for reason in result.reasons:
+            click.echo(f"  {reason}")
+    if not result.valid:
+        raise click.exceptions.Exit(1)
