@@ -14,7 +14,8 @@ The tree (each class carries a message an operator can act on; the CLI prints it
     └── CryptoError            a cryptographic operation was refused
         ├── KeyStoreError      the master secret or a stored key is missing, unreadable or exposed
         ├── CertificateError   a certificate cannot be issued, renewed, revoked or imported
-        └── SignatureError     a message is not S/MIME, cannot be parsed, decrypted or verified
+        ├── SignatureError     a message is not S/MIME, cannot be parsed, decrypted or verified
+        └── TrustError         a trust bundle is refused (bad signature, unconfirmed CA, foreign domains)
 
 Anything else that escapes is a bug: the CLI reports it as an internal error in one line (full traceback with
 ``--debug``). The SMTP side (issue 4) adds an exception that carries its SMTP reply.
@@ -73,3 +74,7 @@ class CertificateError(CryptoError):
 
 class SignatureError(CryptoError):
     """A message is not S/MIME, or cannot be parsed, decrypted or verified."""
+
+
+class TrustError(CryptoError):
+    """A trust bundle is refused, or a trust-space operation is not possible."""

@@ -1,7 +1,7 @@
 """Every table of mssecure, for migrations and schema checks (each model lives beside the package that owns it)."""
 
-from mssecure.crypto.models import CertificateRecord
+from mssecure.crypto.models import CertificateRecord, TrustedOperator
 from mssecure.db import Base
 from mssecure.directory.models import Entry, EntryChange
 
-__all__ = ["Base", "CertificateRecord", "Entry", "EntryChange"]
+__all__ = ["Base", "CertificateRecord", "Entry", "EntryChange", "TrustedOperator"]

@@ -87,7 +87,7 @@ def main(ctx: click.Context, config_path: str | None, actor: str | None, debug: 
 
 
 def _register() -> None:
-    from mssecure.cli import admin, certs, demo, directory, smime
+    from mssecure.cli import admin, certs, demo, directory, smime, trust
 
     main.add_command(admin.init)
     main.add_command(admin.db)
@@ -95,6 +95,7 @@ def _register() -> None:
     main.add_command(directory.directory)
     main.add_command(certs.certs)
     main.add_command(smime.smime_group)
+    main.add_command(trust.trust)
     main.add_command(demo.demo)
 
 

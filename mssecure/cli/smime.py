@@ -13,6 +13,7 @@ from mssecure.cli._output import echo_json
 from mssecure.crypto import smime
 from mssecure.crypto.cms import LEGACY, STRICT
 from mssecure.crypto.pki import fingerprint
+from mssecure.crypto.trust import TrustSpace
 from mssecure.directory import Directory
 from mssecure.errors import SignatureError
 
@@ -110,14 +111,15 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
     if smime.is_encrypted(message):
         raise SignatureError("the message is encrypted: decrypt it first (mssecure smime decrypt)")
     when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
-    result = smime.verify(
-        message,
-        anchors=[cli.material.ca_certificate()],
-        crls=[cli.material.crl()],
-        at=when,
-        policy=LEGACY if legacy else STRICT,
-    )
     with cli.session() as session:
+        space = TrustSpace(session, cli.config, actor=cli.operator_account)
+        result = smime.verify(
+            message,
+            anchors=[cli.material.ca_certificate(), *space.anchors()],
+            crls=[cli.material.crl(), *space.crls()],
+            at=when,
+            policy=LEGACY if legacy else STRICT,
+        )
         book = cli.directory(session, "smime verify")
         signers: list[dict[str, Any]] = [
             {

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from mssecure.db import Base, UTCDateTime
 
-__all__ = ["CertificateRecord"]
+__all__ = ["CertificateRecord", "TrustedOperator"]
 
 
 class CertificateRecord(Base):
@@ -37,3 +37,23 @@ class CertificateRecord(Base):
     certificate_pem: Mapped[str] = mapped_column(sa.Text)
     private_key_pem: Mapped[str | None] = mapped_column(sa.Text)  # encrypted PKCS#8; None for peers' certificates
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TrustedOperator(Base):
+    """A peer operator of the trust space, as its last imported trust bundle describes it."""
+
+    __tablename__ = "trusted_operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain: Mapped[str] = mapped_column(sa.String(253), unique=True)  # the peer's main domain
+    domains: Mapped[list[str]] = mapped_column(sa.JSON)  # every domain it serves (main included)
+    hostname: Mapped[str] = mapped_column(sa.String(253))
+    relay: Mapped[str] = mapped_column(sa.String(300))  # host:port of its inbound relay
+    ca_pem: Mapped[str] = mapped_column(sa.Text)
+    ca_fingerprint: Mapped[str] = mapped_column(sa.String(100))
+    crl_der: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    dkim_selector: Mapped[str] = mapped_column(sa.String(63))
+    dkim_record: Mapped[str] = mapped_column(sa.Text)  # TXT value "v=DKIM1; k=rsa; p=..."
+    bundle_created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    entries: Mapped[int] = mapped_column(sa.Integer)

@@ -1,0 +1,328 @@
+"""The trust space: trust bundles exchanged between operators.
+
+A trust bundle is what a peer needs to talk to us: our domains, our relay endpoint, our CA certificate and CRL,
+our DKIM public key, and our public directory (addresses, kinds, identities, S/MIME certificates; "liste rouge"
+entries excluded). It is a JSON document inside a CMS SignedData signed with our relay's key (its certificate and
+our CA travel inside). Importing one checks the signature against the CA it presents *and* the CA fingerprint the
+operator confirmed out of band (``--fingerprint``, printed by ``trust export``) — a bundle alone proves nothing.
+
+Re-importing a peer's bundle replaces its directory: entries gone from the bundle are revoked here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from sqlalchemy.orm import Session
+
+from mssecure.config import Config, validate_domain
+from mssecure.crypto.authority import OperatorMaterial
+from mssecure.crypto.cms import VerificationPolicy, encapsulated_content, verify_signed_data
+from mssecure.crypto.models import CertificateRecord, TrustedOperator
+from mssecure.crypto.pki import fingerprint, serial_hex
+from mssecure.db import utcnow
+from mssecure.directory.formats import Record
+from mssecure.directory.importer import ImportReport, import_records
+from mssecure.directory.models import Entry
+from mssecure.directory.records import DATA_FIELDS, EntryData, Status
+from mssecure.directory.service import Directory
+from mssecure.errors import InvalidEntry, MssecureError, TrustError
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "TrustSpace", "export_bundle", "read_bundle"]
+
+BUNDLE_FORMAT = "mssecure-trust-bundle/1"
+_MAX_BUNDLE = 512 * 1024 * 1024
+# The bundle is signed by the relay's certificate (serverAuth/clientAuth), not an S/MIME one.
+_BUNDLE_POLICY = VerificationPolicy(require_email_protection=False)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified trust bundle."""
+
+    domain: str
+    domains: tuple[str, ...]
+    hostname: str
+    relay: str
+    ca: x509.Certificate
+    crl: bytes | None
+    dkim_selector: str
+    dkim_record: str
+    created_at: datetime
+    entries: tuple[tuple[EntryData, tuple[x509.Certificate, ...]], ...]
+
+    @property
+    def ca_fingerprint(self) -> str:
+        return fingerprint(self.ca)
+
+
+def _pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def export_bundle(session: Session, config: Config, material: OperatorMaterial, *, now: datetime) -> bytes:
+    """Our trust bundle (DER CMS SignedData): local, listed entries with their valid S/MIME certificates."""
+    domains = sorted(config.operator.domains)
+    entries = []
+    query = (
+        sa.select(Entry)
+        .where(Entry.domain.in_(domains), Entry.unlisted.is_(False))
+        .order_by(Entry.address)
+        .execution_options(yield_per=1000)
+    )
+    for entry in session.scalars(query):
+        certificates = session.scalars(
+            sa.select(CertificateRecord.certificate_pem).where(
+                CertificateRecord.address == entry.address,
+                CertificateRecord.status == "valid",
+                CertificateRecord.not_after > now,
+            )
+        ).all()
+        values = entry.to_data().to_dict()
+        values["kind"], values["status"] = entry.kind, entry.status
+        del values["unlisted"]
+        entries.append({**values, "certificates": list(certificates)})
+    record = material.dkim_record_path.read_text().strip()
+    payload = {
+        "format": BUNDLE_FORMAT,
+        "created_at": now.isoformat(),
+        "operator": {
+            "domain": config.operator.domain,
+            "domains": domains,
+            "hostname": config.operator.hostname,
+            "relay": f"{config.operator.hostname}:25",
+        },
+        "ca_certificates": [_pem(material.ca_certificate())],
+        "crl": base64.b64encode(material.crl_path.read_bytes()).decode(),
+        "dkim": {"selector": config.dkim.selector, "record": record.split(" IN TXT ", 1)[1].strip('"')},
+        "directory": entries,
+    }
+    content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    tls = material.tls()
+    return (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(content)
+        .add_signer(tls.certificate, tls.key, hashes.SHA256())
+        .add_certificate(material.ca_certificate())
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )
+
+
+def _normal_fingerprint(value: str) -> str:
+    return value.replace(":", "").replace(" ", "").upper()
+
+
+def read_bundle(data: bytes, *, confirmed_fingerprint: str, now: datetime) -> Bundle:
+    """Verify and parse a trust bundle; every problem is a TrustError naming it."""
+    if len(data) > _MAX_BUNDLE:
+        raise TrustError("trust bundle too large")
+    try:
+        content = encapsulated_content(data)
+        payload = json.loads(content)
+    except MssecureError:
+        raise TrustError("not a trust bundle (expected a CMS SignedData made by `mssecure trust export`)") from None
+    except (ValueError, RecursionError):
+        raise TrustError("the trust bundle's content is not JSON") from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        raise TrustError(f"not a trust bundle of format {BUNDLE_FORMAT}")
+    try:
+        ca = x509.load_pem_x509_certificate(payload["ca_certificates"][0].encode())
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise TrustError("the trust bundle carries no readable CA certificate") from None
+    if _normal_fingerprint(fingerprint(ca)) != _normal_fingerprint(confirmed_fingerprint):
+        raise TrustError(
+            f"the bundle's CA fingerprint {fingerprint(ca)} is not the one confirmed ({confirmed_fingerprint}): "
+            "refusing it"
+        )
+    results = verify_signed_data(data, None, anchors=[ca], at=now, policy=_BUNDLE_POLICY)
+    if not results or not any(r.valid for r in results):
+        reasons = "; ".join(reason for r in results for reason in r.reasons) or "no signer"
+        raise TrustError(f"the trust bundle's signature does not verify: {reasons}")
+    try:
+        return _parse(payload, ca)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise TrustError(f"malformed trust bundle: {type(exc).__name__}: {exc}") from None
+
+
+def _parse(payload: dict[str, Any], ca: x509.Certificate) -> Bundle:
+    operator = payload["operator"]
+    domains = tuple(validate_domain(d) for d in operator["domains"])
+    domain = validate_domain(operator["domain"])
+    if domain not in domains:
+        raise ValueError("the main domain is not among the domains")
+    entries = []
+    for item in payload["directory"]:
+        values = {k: v for k, v in item.items() if k in DATA_FIELDS}
+        try:
+            data = EntryData.from_values(values)
+        except InvalidEntry as exc:
+            raise ValueError(f"entry {item.get('address')!r}: {exc}") from None
+        if data.domain not in domains:
+            raise ValueError(f"entry {data.address} is outside the operator's domains")
+        certificates = tuple(x509.load_pem_x509_certificate(pem.encode()) for pem in item.get("certificates", []))
+        for certificate in certificates:
+            if certificate.issuer != ca.subject:
+                raise ValueError(f"a certificate of {data.address} is not issued by the bundle's CA")
+            certificate.verify_directly_issued_by(ca)
+        entries.append((data, certificates))
+    crl = base64.b64decode(payload["crl"]) if payload.get("crl") else None
+    dkim = payload["dkim"]
+    return Bundle(
+        domain=domain,
+        domains=domains,
+        hostname=validate_domain(operator["hostname"]),
+        relay=str(operator["relay"]),
+        ca=ca,
+        crl=crl,
+        dkim_selector=str(dkim["selector"]),
+        dkim_record=str(dkim["record"]),
+        created_at=datetime.fromisoformat(payload["created_at"]),
+        entries=tuple(entries),
+    )
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    operator: TrustedOperator
+    directory: ImportReport
+    revoked: list[str]
+
+
+class TrustSpace:
+    """The trusted peer operators, in one session."""
+
+    def __init__(
+        self,
+        session: Session,
+        config: Config,
+        *,
+        actor: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.session = session
+        self.config = config
+        self.actor = actor
+        self.clock = clock
+
+    def operators(self) -> list[TrustedOperator]:
+        return list(self.session.scalars(sa.select(TrustedOperator).order_by(TrustedOperator.domain)))
+
+    def get(self, domain: str) -> TrustedOperator:
+        wanted = domain.strip().lower()
+        for operator in self.operators():
+            if wanted in operator.domains:
+                return operator
+        raise TrustError(f"{domain} is not in the trust space")
+
+    def anchors(self) -> list[x509.Certificate]:
+        """The peers' CA certificates."""
+        return [x509.load_pem_x509_certificate(o.ca_pem.encode()) for o in self.operators()]
+
+    def crls(self) -> list[x509.CertificateRevocationList]:
+        """The peers' CRLs, as their last bundles carried them."""
+        return [x509.load_der_x509_crl(o.crl_der) for o in self.operators() if o.crl_der]
+
+    def dkim_keys(self) -> dict[str, str]:
+        """``<selector>._domainkey.<domain>`` → TXT value for every domain of every peer."""
+        return {f"{o.dkim_selector}._domainkey.{d}": o.dkim_record for o in self.operators() for d in o.domains}
+
+    def trusted_domains(self) -> frozenset[str]:
+        return frozenset(d for operator in self.operators() for d in operator.domains)
+
+    def import_bundle(self, bundle: Bundle) -> ImportOutcome:
+        ours = self.config.operator.domains & set(bundle.domains)
+        if ours:
+            raise TrustError(f"the bundle claims our own domain(s) {', '.join(sorted(ours))}: refusing it")
+        for other in self.operators():
+            clash = set(other.domains) & set(bundle.domains)
+            if other.domain != bundle.domain and clash:
+                raise TrustError(f"{', '.join(sorted(clash))} already belong to trusted operator {other.domain}")
+        now = self.clock()
+        operator = self.session.scalars(
+            sa.select(TrustedOperator).where(TrustedOperator.domain == bundle.domain)
+        ).one_or_none()
+        if operator is None:
+            operator = TrustedOperator(domain=bundle.domain)
+            self.session.add(operator)
+        operator.domains = list(bundle.domains)
+        operator.hostname, operator.relay = bundle.hostname, bundle.relay
+        operator.ca_pem, operator.ca_fingerprint = _pem(bundle.ca), bundle.ca_fingerprint
+        operator.crl_der, operator.dkim_selector, operator.dkim_record = (
+            bundle.crl,
+            bundle.dkim_selector,
+            bundle.dkim_record,
+        )
+        operator.bundle_created_at, operator.imported_at, operator.entries = bundle.created_at, now, len(bundle.entries)
+        self.session.flush()
+        records = [Record(line, data, sets_status=True) for line, (data, _) in enumerate(bundle.entries, 1)]
+        report = import_records(
+            self.session.connection(),
+            records,
+            actor=self.actor,
+            source=f"trust import {bundle.domain}",
+            clock=self.clock,
+        )
+        self._replace_certificates(bundle, now)
+        listed = {data.address for data, _ in bundle.entries}
+        revoked = self._revoke_missing(bundle.domains, listed, reason=f"gone from {bundle.domain}'s trust bundle")
+        return ImportOutcome(operator, report, revoked)
+
+    def _replace_certificates(self, bundle: Bundle, now: datetime) -> None:
+        self.session.execute(
+            sa.delete(CertificateRecord).where(
+                CertificateRecord.private_key_pem.is_(None),
+                CertificateRecord.issuer == bundle.ca.subject.rfc4514_string(),
+            )
+        )
+        for data, certificates in bundle.entries:
+            for certificate in certificates:
+                self.session.add(
+                    CertificateRecord(
+                        serial=serial_hex(certificate),
+                        issuer=certificate.issuer.rfc4514_string(),
+                        address=data.address,
+                        purpose="smime",
+                        subject=certificate.subject.rfc4514_string(),
+                        key_type=type(certificate.public_key()).__name__.removesuffix("PublicKey").lower(),
+                        fingerprint=fingerprint(certificate),
+                        not_before=certificate.not_valid_before_utc,
+                        not_after=certificate.not_valid_after_utc,
+                        status="valid",
+                        certificate_pem=_pem(certificate),
+                        private_key_pem=None,
+                        created_at=now,
+                    )
+                )
+        self.session.flush()
+
+    def _revoke_missing(self, domains: tuple[str, ...], listed: set[str], *, reason: str) -> list[str]:
+        book = Directory(self.session, local_domains=self.config.operator.domains, actor=self.actor,
+                         source="trust import", clock=self.clock)  # fmt: skip
+        query = sa.select(Entry.address).where(Entry.domain.in_(domains), Entry.status != Status.REVOKED.value)
+        gone = [address for address in self.session.scalars(query) if address not in listed]
+        for address in gone:
+            book.revoke(address, reason=reason)
+        return gone
+
+    def remove(self, domain: str) -> tuple[TrustedOperator, list[str]]:
+        """Take an operator out of the trust space: its entries are revoked here, its certificates dropped."""
+        operator = self.get(domain)
+        revoked = self._revoke_missing(tuple(operator.domains), set(), reason=f"{operator.domain} left the trust space")
+        ca = x509.load_pem_x509_certificate(operator.ca_pem.encode())
+        self.session.execute(
+            sa.delete(CertificateRecord).where(
+                CertificateRecord.private_key_pem.is_(None), CertificateRecord.issuer == ca.subject.rfc4514_string()
+            )
+        )
+        self.session.delete(operator)
+        self.session.flush()
+        return operator, revoked
