@@ -23,6 +23,18 @@ DOMAIN = "chu-nord.mssante.test"
 # Invented, with valid check digits.
 DOCTOR_RPPS = "1010001000" + luhn_check_digit("1010001000")
 PHARMACY_FINESS = "59000001" + luhn_check_digit("59000001")
+PRESCRIPTION = (
+    f"From: Dr Camille LEFEVRE <camille.lefevre@{DOMAIN}>\r\n"
+    f"To: Pharmacie du Marche <pharmacie.du-marche@{DOMAIN}>\r\n"
+    "Subject: Ordonnance DUPONT Jean 01/02/1950\r\n"
+    "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+    f"Message-ID: <prescription-1@{DOMAIN}>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 8bit\r\n"
+    "\r\n"
+    "Amoxicilline 1 g : un comprimé trois fois par jour pendant 7 jours.\r\n"
+).encode()
 
 
 def _title(text: str) -> None:
@@ -50,7 +62,8 @@ def _quote(arg: str) -> str:
 )
 @click.option("--lines", type=click.IntRange(min=10), default=2000, show_default=True, help="Size of the extraction.")
 def demo(workdir: Path | None, lines: int) -> None:
-    """Run the demo: set up an operator, import a national directory, manage a doctor and a pharmacy."""
+    """Run the demo: set up an operator and its PKI, import a national directory, certify a doctor and a
+    pharmacy, and send a signed, encrypted e-prescription from one to the other."""
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="mssecure-demo-"))
     elif workdir.exists() and any(workdir.iterdir()):
@@ -76,7 +89,7 @@ def demo(workdir: Path | None, lines: int) -> None:
     _title("3. Import it again: the import is idempotent, nothing changes")
     _run(["directory", "import", str(extraction)], env)
 
-    _title("4. Our own certified addresses: a doctor and a pharmacy")
+    _title("4. Our own certified addresses, a doctor and a pharmacy, with their S/MIME certificates")
     _run(["directory", "add", f"camille.lefevre@{DOMAIN}", "--kind", "personal", "--rpps", DOCTOR_RPPS,
           "--civility", "DR", "--last-name", "LEFÈVRE", "--first-name", "Camille", "--profession", "10",
           "--specialty", "SM53", "--specialty-label", "Spécialiste en Médecine Générale",
@@ -85,6 +98,8 @@ def demo(workdir: Path | None, lines: int) -> None:
           PHARMACY_FINESS, "--organization", "Pharmacie du Marché", "--service", "Officine",
           "--department", "59"], env)  # fmt: skip
     _run(["directory", "list", "--local", "--limit", "8"], env)
+    _run(["certs", "issue", f"camille.lefevre@{DOMAIN}"], env)
+    _run(["certs", "issue", f"pharmacie.du-marche@{DOMAIN}"], env)
 
     _title("5. Search ignores case and accents: 'lefevre' finds 'LEFÈVRE'")
     _run(["directory", "search", "lefevre", "camille", "--limit", "5"], env)
@@ -94,6 +109,18 @@ def demo(workdir: Path | None, lines: int) -> None:
     _run(["directory", "reactivate", f"camille.lefevre@{DOMAIN}", "--reason", "new card issued"], env)
     _run(["directory", "history", f"camille.lefevre@{DOMAIN}"], env)
     _run(["directory", "show", f"pharmacie.du-marche@{DOMAIN}"], env)
+    _run(["certs", "list"], env)
+
+    _title("7. An e-prescription, signed by the doctor and encrypted to the pharmacy (S/MIME)")
+    prescription = workdir / "prescription.eml"
+    prescription.write_bytes(PRESCRIPTION)
+    signed, wire, clear = (workdir / name for name in ("signed.eml", "encrypted.eml", "decrypted.eml"))
+    _run(["smime", "sign", "--as", f"camille.lefevre@{DOMAIN}", str(prescription), str(signed)], env)
+    _run(["smime", "encrypt", "--to", f"pharmacie.du-marche@{DOMAIN}", str(signed), str(wire)], env)
+    click.echo(f"What travels ({wire.name}): no subject, no patient name, only an encrypted blob:")
+    click.echo("".join(f"    {line}\n" for line in wire.read_text().splitlines()[:11]) + "    ...")
+    _run(["smime", "decrypt", "--as", f"pharmacie.du-marche@{DOMAIN}", str(wire), str(clear)], env)
+    _run(["smime", "verify", str(clear)], env)
 
     click.echo()
     click.secho("Demo complete.", bold=True)

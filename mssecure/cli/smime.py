@@ -141,9 +141,10 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
         for signer in signers:
             identity = signer["identity"] or {}
             mark = "ok " if signer["valid"] else "BAD"
-            click.echo(
-                f"  [{mark}] {signer['address']}  {identity.get('name') or ''}  {identity.get('national_id') or ''}"
+            who = ", ".join(
+                str(identity[k]) for k in ("name", "national_id", "profession", "organization") if identity.get(k)
             )
+            click.echo(f"  [{mark}] {signer['address']}" + (f"  ({who})" if who else ""))
             for reason in signer["reasons"]:
                 click.echo(f"        {reason}")
         for reason in result.reasons:

@@ -21,21 +21,23 @@ subject). A small path builder is simpler to reason about and gives one precise 
   and the issuer's key verifies the certificate's signature) up to a trust anchor. An anchor ends a path when it
   is the certificate itself or when it is the issuer whose key verifies the last certificate (Direct trust stores
   hold roots, intermediates and sometimes leaves). At most ``policy.max_chain_length`` certificates, anchor
-  included; several candidate paths are tried and the first without problems wins (otherwise the one with the
-  fewest problems is reported).
+  included. Candidate paths are tried shortest first; the first without problems wins (otherwise the one with the
+  fewest problems is reported). The search is bounded (``_MAX_*``) so that hostile messages stay cheap.
 * On every certificate except the anchor (RFC 5280 §6.1.3, §6.1.4): its signature hash must be allowed by the
   policy, no critical extension may be left unprocessed, and an issuing certificate must have basicConstraints
   cA=TRUE, keyCertSign when keyUsage is present, and a pathLenConstraint that is respected. The anchor is trusted by
   configuration (RFC 5280 §6.1.1 d): its self-signature is not checked, but it must not explicitly deny being a CA.
 * Every key in the path (anchor included) must meet the policy's RSA size or elliptic curve; every certificate must
-  be valid at ``at``, and the signer's also at the signingTime it claims (RFC 8550 §4.4: the claimed time is an
-  extra constraint, never a substitute for the validation time).
+  be valid at ``at``, and the signer's also at the signingTime it claims. The claimed time is the signer's word
+  (RFC 5652 §11.3: "acceptance of a purported signing time is a matter of a recipient's discretion"), so it is an
+  extra constraint, never a substitute for the validation time.
 * Revocation (RFC 5280 §6.3, simplified): for each certificate but the anchor, the CRLs whose issuer name is the
   certificate's issuer name and whose signature verifies with the issuer's key. An entry counts when its
   revocation date is not after ``at`` (keyCompromise and cACompromise count whatever their date);
   certificateHold is reported as a suspension; removeFromCRL entries are ignored. A CRL proves "not revoked" only
   while fresh (nextUpdate not before ``at``) and signed with an allowed hash. Delta CRLs, indirect CRLs and the
-  issuingDistributionPoint scope are not processed; CRLs are never fetched.
+  issuingDistributionPoint scope are not processed; CRLs are never fetched. Certificate and CRL signatures are
+  verified here, not with ``is_signature_valid`` (which refuses SHA-1-signed CRLs such as the Direct ones).
 
 Not implemented: nameConstraints and policy constraints (a certificate marking them critical fails with
 "unsupported critical extension"), attribute certificates, EdDSA and DSA signatures.
@@ -44,12 +46,13 @@ Not implemented: nameConstraints and policy constraints (a certificate marking t
 from __future__ import annotations
 
 import hmac
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from asn1crypto import cms as asn1_cms  # type: ignore[import-untyped]
+from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
@@ -145,7 +148,10 @@ def verify_signed_data(
         anchors=_unique([_wrap(c) for c in anchors]),
         crls=tuple(crl for crl in (_wrap_crl(c) for c in crls) if crl is not None),
     )
-    return [_verify_signer(signer_info, context) for signer_info in parsed.signer_infos]
+    return [
+        _verify_signer(signer_info, context) if index < _MAX_SIGNERS else _not_verified(len(parsed.signer_infos))
+        for index, signer_info in enumerate(parsed.signer_infos)
+    ]
 
 
 def encapsulated_content(signed_data: bytes) -> bytes:
@@ -155,6 +161,32 @@ def encapsulated_content(signed_data: bytes) -> bytes:
     if econtent is None:
         raise SignatureError("the SignedData has no encapsulated content (detached signature)")
     return econtent
+
+
+def _validate_certificate(
+    certificate: x509.Certificate,
+    *,
+    anchors: Sequence[x509.Certificate],
+    at: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+    policy: VerificationPolicy = STRICT,
+    signing_time: datetime | None = None,
+) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+    """The path validation of a signer's certificate alone: (chain, reasons), as in a SignerResult. Private for
+    now (its tests use it with the Direct Project CRL vectors, whose certificates have no published keys)."""
+    context = _Context(
+        content=b"",
+        content_type=_ID_DATA,
+        at=_as_utc(at),
+        policy=policy,
+        candidates=_unique([_wrap(c) for c in intermediates]),
+        anchors=_unique([_wrap(c) for c in anchors]),
+        crls=tuple(crl for crl in (_wrap_crl(c) for c in crls) if crl is not None),
+    )
+    outcome = _Outcome(signing_time=None if signing_time is None else _as_utc(signing_time))
+    _check_certificate_path(_wrap(certificate), outcome, context)
+    return tuple(c.certificate for c in outcome.chain), tuple(dict.fromkeys(sorted(outcome.trust, key=_severity)))
 
 
 # --- algorithms ------------------------------------------------------------------------------------------------
@@ -227,6 +259,14 @@ _EXTENSION_NAMES = {
 }
 
 
+# Work bounds, so that a hostile message (thousands of signers, or of certificates sharing one name and key) stays
+# cheap. Exhausting a bound fails closed: the signer is reported as not verified or without a chain.
+_MAX_SIGNERS = 32  # SignerInfos verified; the others get a reason
+_MAX_SIGNER_CANDIDATES = 8  # certificates matching one SignerIdentifier whose key is tried
+_MAX_PATHS = 16  # candidate paths evaluated per signer (cross-certificates, renewed CAs with the same name)
+_MAX_EXPANSIONS = 256  # certificates whose issuers are searched, per signer
+_MAX_CERTIFICATE_SIGNATURE_CHECKS = 1024  # certificate signatures verified while building paths, per call
+
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 # --- parsing ---------------------------------------------------------------------------------------------------
@@ -240,6 +280,7 @@ class _Cert:
     der: bytes
     subject: str  # name keys normalised per RFC 5280 §7.1 (asn1crypto's Name.hashable)
     issuer: str
+    serial: int
     key_identifier: bytes | None  # subjectKeyIdentifier, or the RFC 5280 §4.2.1.2 (1) SHA-1 of the key
 
     @property
@@ -247,7 +288,7 @@ class _Cert:
         try:
             return self.certificate.subject.rfc4514_string()
         except ValueError:
-            return f"serial {self.certificate.serial_number:#x}"
+            return f"serial {self.serial:#x}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,6 +337,8 @@ def _load_embedded(choice: Any) -> _Cert | None:
     try:
         if choice.name != "certificate":
             return None
+        if choice.chosen.serial_number <= 0:  # RFC 5280 §4.1.2.2; cryptography warns, and will refuse it
+            return None
         return _wrap(x509.load_der_x509_certificate(choice.chosen.dump()))
     except Exception:  # a malformed embedded certificate is simply not a candidate
         return None
@@ -308,17 +351,19 @@ def _wrap(certificate: x509.Certificate) -> _Cert:
         tbs = parsed["tbs_certificate"]
         subject = _name_key(tbs["subject"])
         issuer = _name_key(tbs["issuer"])
+        serial = int(tbs["serial_number"].native)  # read here: cryptography warns on a non-positive serial
     except Exception:  # asn1crypto stricter than cryptography: compare the encodings instead
         parsed = None
         subject = "der:" + certificate.subject.public_bytes().hex()
         issuer = "der:" + certificate.issuer.public_bytes().hex()
+        serial = certificate.serial_number
     key_identifier: bytes | None = None
     if parsed is not None:
         try:
             key_identifier = parsed.key_identifier or parsed.public_key.sha1
         except Exception:
             key_identifier = None
-    return _Cert(certificate, der, subject, issuer, key_identifier)
+    return _Cert(certificate, der, subject, issuer, serial, key_identifier)
 
 
 def _name_key(name: Any) -> str:
@@ -360,7 +405,7 @@ def _der_length(length: int) -> bytes:
 # --- one signer ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Context:
     content: bytes
     content_type: str
@@ -370,9 +415,28 @@ class _Context:
     anchors: tuple[_Cert, ...]
     crls: tuple[_Crl, ...]
     signed_by_cache: dict[tuple[bytes, bytes], bool] = field(default_factory=dict)
+    signature_checks_left: int = _MAX_CERTIFICATE_SIGNATURE_CHECKS
 
     def is_anchor(self, certificate: _Cert) -> bool:
         return any(anchor.der == certificate.der for anchor in self.anchors)
+
+
+# SignerResult.reasons, most important first: after the signature itself (integrity), what makes the signer
+# untrustworthy, then what makes the certificate unusable, then what is merely too weak for the policy.
+_SEVERITY = (
+    ("certificate revoked", "certificate on hold"),
+    ("no certificate chain", "issuing certificate", "path length", "unsupported critical", "certificate extensions"),
+    ("certificate expired", "certificate not yet valid"),
+    ("key usage", "extended key usage"),
+    ("no revocation information", "CRL expired"),
+)
+
+
+def _severity(reason: str) -> int:
+    for rank, prefixes in enumerate(_SEVERITY):
+        if reason.startswith(prefixes):
+            return rank
+    return len(_SEVERITY)  # algorithms and key sizes the policy refuses
 
 
 @dataclass
@@ -385,7 +449,7 @@ class _Outcome:
     chain: tuple[_Cert, ...] = ()
     integrity: list[str] = field(default_factory=list)  # the signature itself: digest, attributes, signature
     algorithms: list[str] = field(default_factory=list)  # what the policy refuses in the CMS algorithms
-    trust: list[str] = field(default_factory=list)  # the signer's certificate and its chain
+    trust: list[str] = field(default_factory=list)  # the signer's certificate and its chain (ranked by _severity)
 
     def result(self) -> SignerResult:
         return SignerResult(
@@ -393,8 +457,13 @@ class _Outcome:
             chain=tuple(c.certificate for c in self.chain),
             signing_time=self.signing_time,
             digest_algorithm=self.digest_algorithm,
-            reasons=tuple(dict.fromkeys([*self.integrity, *self.algorithms, *self.trust])),
+            reasons=tuple(dict.fromkeys([*self.integrity, *sorted([*self.algorithms, *self.trust], key=_severity)])),
         )
+
+
+def _not_verified(count: int) -> SignerResult:
+    reason = f"not verified: the message has {count} signers, more than {_MAX_SIGNERS}"
+    return SignerResult(certificate=None, chain=(), signing_time=None, digest_algorithm="unknown", reasons=(reason,))
 
 
 def _verify_signer(signer_info: Any, context: _Context) -> SignerResult:
@@ -428,24 +497,22 @@ def _check_signer(signer_info: Any, context: _Context, outcome: _Outcome) -> Non
         contents = bytes(signed_attrs.contents or b"")
         signed_bytes = b"\x31" + _der_length(len(contents)) + contents
 
-    candidates = _signer_candidates(signer_info["sid"], context)
+    candidates = _signer_candidates(signer_info["sid"], context)[:_MAX_SIGNER_CANDIDATES]
     if not candidates:
         outcome.integrity.append("signer certificate not found")
         return
-    signature_problem = "signature is invalid"
+    signer = candidates[0]
     if digest_name is not None:
-        for candidate in candidates:
-            problem = _verify_signature(signer_info, candidate, signed_bytes, digest_name)
-            if problem is None or outcome.signer is None:
-                outcome.signer, signature_problem = candidate, problem or ""
-            if problem is None:
-                break
-        if signature_problem:
-            outcome.integrity.append(signature_problem)
-    else:
-        outcome.signer = candidates[0]
-    assert outcome.signer is not None
-    _check_certificate_path(outcome.signer, outcome, context)
+        # Several certificates may match the identifier (a renewed certificate keeping its serial): the signer is
+        # the one whose key verifies; if none does, the first is reported with its problem.
+        problems = [_verify_signature(signer_info, candidate, signed_bytes, digest_name) for candidate in candidates]
+        verified = [candidate for candidate, problem in zip(candidates, problems, strict=True) if problem is None]
+        if verified:
+            signer = verified[0]
+        else:
+            outcome.integrity.append(problems[0] or "signature is invalid")
+    outcome.signer = signer
+    _check_certificate_path(signer, outcome, context)
 
 
 def _check_signed_attributes(
@@ -487,7 +554,7 @@ def _check_signed_attributes(
             outcome.integrity.append("signingTime signed attribute is malformed")
 
     protection = single(_ATTR_ALGORITHM_PROTECTION, "CMSAlgorithmProtection", required=False)
-    if protection is not None:  # RFC 6211 §3: the protected algorithms must be those of the SignerInfo
+    if protection is not None:  # RFC 6211: the protected algorithms must be those of the SignerInfo
         same_digest = _algorithm_key(protection["digest_algorithm"]) == _algorithm_key(signer_info["digest_algorithm"])
         protected_signature = protection["signature_algorithm"]
         same_signature = isinstance(protected_signature, asn1_core.Void) or _algorithm_key(
@@ -511,7 +578,7 @@ def _signer_candidates(sid: Any, context: _Context) -> list[_Cert]:
     if sid.name == "issuer_and_serial_number":
         issuer = _name_key(sid.chosen["issuer"])
         serial = sid.chosen["serial_number"].native
-        return [c for c in pool if c.certificate.serial_number == serial and c.issuer == issuer]
+        return [c for c in pool if c.serial == serial and c.issuer == issuer]
     if sid.name == "subject_key_identifier":
         key_identifier = bytes(sid.chosen.native)
         return [c for c in pool if c.key_identifier == key_identifier]
@@ -551,7 +618,7 @@ def _verify_signature(signer_info: Any, signer: _Cert, data: bytes, digest_name:
 
 
 def _pss_padding(parameters: Any, digest_name: str) -> tuple[padding.PSS | None, str]:
-    """RFC 4056 §3: the PSS parameters must be present, use MGF1, and hash with the SignerInfo's digest."""
+    """RFC 4056 §2: the PSS parameters must be present, use MGF1, and hash with the SignerInfo's digest."""
     if isinstance(parameters, asn1_core.Void):
         return None, "RSASSA-PSS parameters are missing"
     hash_name = _DIGEST_NAMES.get(str(parameters["hash_algorithm"]["algorithm"].dotted))
@@ -559,7 +626,7 @@ def _pss_padding(parameters: Any, digest_name: str) -> tuple[padding.PSS | None,
     mask_hash = _DIGEST_NAMES.get(str(mask["parameters"]["algorithm"].dotted))
     if hash_name != digest_name or str(mask["algorithm"].dotted) != _MGF1 or mask_hash is None:
         return None, "RSASSA-PSS parameters do not match the digest algorithm"
-    if parameters["trailer_field"].native != 1:
+    if parameters["trailer_field"].native not in (1, "trailer_field_bc"):  # asn1crypto names the value 1
         return None, "RSASSA-PSS trailer field is not 1"
     salt_length = int(parameters["salt_length"].native)
     return padding.PSS(mgf=padding.MGF1(_HASHES[mask_hash]()), salt_length=salt_length), ""
@@ -573,9 +640,6 @@ def _public_key(certificate: x509.Certificate) -> CertificatePublicKeyTypes | No
 
 
 # --- the signer's certificate and its path -----------------------------------------------------------------------
-
-
-_MAX_PATHS = 16  # candidate paths tried per signer (cross-certificates, renewed CAs with the same name)
 
 
 def _check_certificate_path(signer: _Cert, outcome: _Outcome, context: _Context) -> None:
@@ -595,20 +659,21 @@ def _check_certificate_path(signer: _Cert, outcome: _Outcome, context: _Context)
 
 
 def _candidate_paths(signer: _Cert, context: _Context) -> Iterator[tuple[_Cert, ...]]:
-    """Paths from the signer to a trust anchor, depth first, anchors preferred at each step."""
-    limit = context.policy.max_chain_length
-
-    def extend(path: tuple[_Cert, ...]) -> Iterator[tuple[_Cert, ...]]:
-        current = path[-1]
-        if context.is_anchor(current):  # the certificate itself is trusted
-            yield path
-            return
-        if len(path) >= limit:
-            return
-        in_path = {c.der for c in path}
+    """Paths from the signer to a trust anchor, shortest first (breadth first), anchors first at each step."""
+    if context.is_anchor(signer):  # the certificate itself is trusted
+        yield (signer,)
+        return
+    queue: deque[tuple[_Cert, ...]] = deque([(signer,)])
+    expansions = 0
+    while queue and expansions < _MAX_EXPANSIONS:
+        path = queue.popleft()
+        expansions += 1
+        current, in_path = path[-1], {c.der for c in path}
         for anchor in context.anchors:
             if anchor.der not in in_path and anchor.subject == current.issuer and _signed_by(current, anchor, context):
                 yield (*path, anchor)
+        if len(path) + 1 >= context.policy.max_chain_length:  # room for an intermediate and an anchor above it
+            continue
         for issuer in context.candidates:
             if (
                 issuer.der not in in_path
@@ -616,30 +681,40 @@ def _candidate_paths(signer: _Cert, context: _Context) -> Iterator[tuple[_Cert, 
                 and issuer.subject == current.issuer
                 and _signed_by(current, issuer, context)
             ):
-                yield from extend((*path, issuer))
-
-    yield from extend((signer,))
+                queue.append((*path, issuer))
 
 
 def _signed_by(child: _Cert, issuer: _Cert, context: _Context) -> bool:
     """Whether the issuer's key verifies the child's signature (RSA PKCS#1 v1.5 or PSS, ECDSA)."""
     key = (child.der, issuer.der)
     if key not in context.signed_by_cache:
+        if context.signature_checks_left <= 0:
+            return False
+        context.signature_checks_left -= 1
         context.signed_by_cache[key] = _verify_certificate_signature(child.certificate, issuer.certificate)
     return context.signed_by_cache[key]
 
 
 def _verify_certificate_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    public_key = _public_key(issuer)
+    return _verify_x509_signature(child, child.tbs_certificate_bytes, _public_key(issuer))
+
+
+def _verify_x509_signature(
+    signed: x509.Certificate | x509.CertificateRevocationList,
+    tbs: bytes,
+    public_key: CertificatePublicKeyTypes | None,
+) -> bool:
+    """RFC 5280 §6.1.3 a.1 / §6.3.3 f: the signature of a certificate or CRL with the issuer's key (RSA PKCS#1 v1.5
+    or PSS, ECDSA). Done here rather than with ``is_signature_valid``, which refuses SHA-1 (``LEGACY`` needs it)."""
     try:
-        parameters = child.signature_algorithm_parameters
-        hash_algorithm = child.signature_hash_algorithm
+        parameters = signed.signature_algorithm_parameters
+        hash_algorithm = signed.signature_hash_algorithm
         if isinstance(public_key, rsa.RSAPublicKey) and isinstance(parameters, padding.PKCS1v15 | padding.PSS):
             if hash_algorithm is None:
                 return False
-            public_key.verify(child.signature, child.tbs_certificate_bytes, parameters, hash_algorithm)
+            public_key.verify(signed.signature, tbs, parameters, hash_algorithm)
         elif isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
-            public_key.verify(child.signature, child.tbs_certificate_bytes, parameters)
+            public_key.verify(signed.signature, tbs, parameters)
         else:
             return False
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
@@ -768,14 +843,13 @@ def _extension(extensions: x509.Extensions, kind: type[_E]) -> _E | None:
 def _revocation_problems(certificate: _Cert, issuer: _Cert, context: _Context) -> list[str]:
     """RFC 5280 §6.3 (simplified, see the module docstring) for ``certificate`` issued by ``issuer``."""
     policy, at, label = context.policy, context.at, certificate.label
-    serial = certificate.certificate.serial_number
     issuer_key = _public_key(issuer.certificate)
     fresh = expired = False
     for candidate in context.crls:
         crl = candidate.crl
         if candidate.issuer != certificate.issuer or not _crl_signed_by(crl, issuer, issuer_key):
             continue
-        entry = crl.get_revoked_certificate_by_serial_number(serial)
+        entry = crl.get_revoked_certificate_by_serial_number(certificate.serial)
         if entry is not None:
             reason = _revocation_reason(entry)
             compromised = reason in (x509.ReasonFlags.key_compromise, x509.ReasonFlags.ca_compromise)
@@ -802,15 +876,13 @@ def _revocation_problems(certificate: _Cert, issuer: _Cert, context: _Context) -
 def _crl_signed_by(
     crl: x509.CertificateRevocationList, issuer: _Cert, issuer_key: CertificatePublicKeyTypes | None
 ) -> bool:
-    if not isinstance(issuer_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        return False
     try:
         key_usage = _extension(issuer.certificate.extensions, x509.KeyUsage)
-        if key_usage is not None and not key_usage.crl_sign:  # RFC 5280 §6.3.3 f
-            return False
-        return crl.is_signature_valid(issuer_key)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except ValueError:
         return False
+    if key_usage is not None and not key_usage.crl_sign:  # RFC 5280 §6.3.3 f
+        return False
+    return _verify_x509_signature(crl, crl.tbs_certlist_bytes, issuer_key)
 
 
 def _revocation_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:

@@ -1,0 +1,166 @@
+"""Two operators of the trust space exchanging trust bundles, then signed and encrypted mail."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mssecure.cli import main
+from mssecure.directory.identifiers import luhn_check_digit
+from tests.cli.test_certs import DOCTOR, RPPS
+from tests.cli.test_cli import assert_one_line_error
+from tests.cli.test_smime import PRESCRIPTION
+from tests.conftest import Operator
+
+PHARMACIST = "pharmacie@ght-sud.mssante.test"
+SECRET = "confidentiel@chu-nord.mssante.test"
+
+
+class PeerOperator(Operator):
+    def __init__(self, directory: Path, domain: str) -> None:
+        self.directory = directory
+        self.config = directory / "mssecure.toml"
+        self.runner = CliRunner()
+        result = self.runner.invoke(main, ["init", str(directory), "--domain", domain], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+
+def ok(op: Operator, *args: str) -> str:
+    result = op.run(*args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Operator, Operator]:
+    a = PeerOperator(tmp_path / "a", "chu-nord.mssante.test")
+    b = PeerOperator(tmp_path / "b", "ght-sud.mssante.test")
+    ok(a, "directory", "add", DOCTOR, "--kind", "personal", "--rpps", RPPS, "--last-name", "LEFÈVRE",
+       "--first-name", "Camille", "--profession", "10")  # fmt: skip
+    ok(a, "directory", "add", SECRET, "--kind", "applicative", "--unlisted")
+    ok(a, "certs", "issue", DOCTOR)
+    finess = "69000001" + luhn_check_digit("69000001")
+    ok(b, "directory", "add", PHARMACIST, "--kind", "organizational", "--finess", finess, "--organization", "Pharmacie")
+    ok(b, "certs", "issue", PHARMACIST)
+    return a, b
+
+
+def exchange(source: Operator, target: Operator, tmp_path: Path, name: str) -> dict[str, object]:
+    bundle = tmp_path / name
+    output = ok(source, "trust", "export", "--out", str(bundle))
+    match = re.search(r"--fingerprint ([0-9A-F:]+)", output)
+    assert match is not None, output
+    imported: dict[str, object] = json.loads(ok(target, "trust", "import", str(bundle), "--fingerprint",
+                                                match.group(1), "--json"))  # fmt: skip
+    return imported
+
+
+def test_a_peer_bundle_brings_its_directory_certificates_and_keys(pair: tuple[Operator, Operator],
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    a, b = pair
+    imported = exchange(a, b, tmp_path, "a.bundle")
+    assert imported["directory"] == {"created": 1, "updated": 0, "unchanged": 0, "duplicates": 0, "rejected": []}
+    doctor = json.loads(ok(b, "directory", "show", DOCTOR, "--json"))
+    assert (doctor["local"], doctor["status"], doctor["national_id"]) == (False, "active", "8" + RPPS)
+    assert b.run("directory", "show", SECRET).exit_code == 1  # liste rouge stays home
+    listed = json.loads(ok(b, "trust", "list", "--json"))
+    assert [(o["domain"], o["relay"]) for o in listed] == [("chu-nord.mssante.test", "mail.chu-nord.mssante.test:25")]
+    assert json.loads(ok(b, "trust", "show", "chu-nord.mssante.test", "--json"))["entries"] == 1
+    certificates = json.loads(ok(b, "certs", "list", "--address", DOCTOR, "--json"))
+    assert len(certificates) == 1
+    # the second import of an unchanged bundle changes nothing
+    again = exchange(a, b, tmp_path, "a2.bundle")
+    assert again["directory"]["unchanged"] == 1  # type: ignore[index]
+
+
+def test_signed_and_encrypted_mail_crosses_operators(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    exchange(a, b, tmp_path, "a.bundle")
+    exchange(b, a, tmp_path, "b.bundle")
+    source = tmp_path / "rx.eml"
+    source.write_bytes(PRESCRIPTION.replace(b"pharmacie@chu-nord.mssante.test", PHARMACIST.encode()))
+    ok(a, "smime", "sign", "--as", DOCTOR, str(source), str(tmp_path / "signed"))
+    ok(a, "smime", "encrypt", "--to", PHARMACIST, str(tmp_path / "signed"), str(tmp_path / "wire"))
+    ok(b, "smime", "decrypt", "--as", PHARMACIST, str(tmp_path / "wire"), str(tmp_path / "clear"))
+    report = json.loads(ok(b, "smime", "verify", str(tmp_path / "clear"), "--json"))
+    assert report["valid"] is True
+    signer = report["signers"][0]
+    assert signer["address"] == DOCTOR
+    assert signer["identity"]["national_id"] == "8" + RPPS
+    # A revokes the doctor: once B has A's new bundle (and CRL), the same message no longer verifies.
+    ok(a, "directory", "revoke", DOCTOR, "--reason", "left")
+    imported = exchange(a, b, tmp_path, "a3.bundle")
+    assert imported["revoked"] == []
+    assert json.loads(ok(b, "directory", "show", DOCTOR, "--json"))["status"] == "revoked"
+    result = b.run("smime", "verify", str(tmp_path / "clear"), "--json")
+    assert result.exit_code == 1
+    assert "certificate revoked" in " ".join(json.loads(result.output)["signers"][0]["reasons"])
+
+
+def test_entries_gone_from_the_bundle_are_revoked(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    exchange(a, b, tmp_path, "a.bundle")
+    ok(a, "directory", "revoke", DOCTOR, "--reason", "left")
+    # A revoked entry still travels (as revoked); an entry that disappears from the bundle is revoked too.
+    imported = exchange(a, b, tmp_path, "a2.bundle")
+    assert json.loads(ok(b, "directory", "show", DOCTOR, "--json"))["status"] == "revoked"
+    assert imported["directory"]["updated"] == 1  # type: ignore[index]
+
+
+def test_a_wrong_fingerprint_is_refused(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    bundle = tmp_path / "a.bundle"
+    ok(a, "trust", "export", "--out", str(bundle))
+    result = b.run("trust", "import", str(bundle), "--fingerprint", "00:" * 31 + "00")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "is not the one confirmed")
+    assert json.loads(ok(b, "trust", "list", "--json")) == []
+
+
+def test_a_tampered_bundle_is_refused(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    bundle = tmp_path / "a.bundle"
+    output = ok(a, "trust", "export", "--out", str(bundle))
+    fingerprint = re.search(r"--fingerprint ([0-9A-F:]+)", output).group(1)  # type: ignore[union-attr]
+    data = bundle.read_bytes()
+    tampered = tmp_path / "tampered.bundle"
+    tampered.write_bytes(data.replace(b"LEF\xc3\x88VRE", b"MALLORY!"))  # same length: the DER stays readable
+    assert tampered.read_bytes() != data
+    result = b.run("trust", "import", str(tampered), "--fingerprint", fingerprint)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "signature does not verify")
+
+
+def test_garbage_is_not_a_bundle(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    _, b = pair
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x30\x82\x01\x00not a bundle")
+    result = b.run("trust", "import", str(garbage), "--fingerprint", "AA")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "not a trust bundle")
+
+
+def test_a_bundle_claiming_our_domain_is_refused(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, _ = pair
+    bundle = tmp_path / "own.bundle"
+    output = ok(a, "trust", "export", "--out", str(bundle))
+    fingerprint = re.search(r"--fingerprint ([0-9A-F:]+)", output).group(1)  # type: ignore[union-attr]
+    result = a.run("trust", "import", str(bundle), "--fingerprint", fingerprint)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "claims our own domain")
+
+
+def test_remove_takes_the_operator_out_and_revokes_its_entries(pair: tuple[Operator, Operator],
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    a, b = pair
+    exchange(a, b, tmp_path, "a.bundle")
+    assert "1 of its entries revoked" in ok(b, "trust", "remove", "chu-nord.mssante.test")
+    assert json.loads(ok(b, "trust", "list", "--json")) == []
+    assert json.loads(ok(b, "directory", "show", DOCTOR, "--json"))["status"] == "revoked"
+    assert json.loads(ok(b, "certs", "list", "--address", DOCTOR, "--json")) == []
+    result = b.run("trust", "show", "chu-nord.mssante.test")
+    assert_one_line_error(result.output, "not in the trust space")
