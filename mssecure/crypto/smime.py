@@ -346,5 +346,15 @@ def verify(
 
 
 def _address_matches(address: str, result: SignerResult) -> bool:
-    # RFC 8550 §3: the certificate's email address must match the sender's; we compare case-insensitively.
-    return parseaddr(address)[1].lower() in {a.lower() for a in result.email_addresses}
+    """RFC 8550 §3: the certificate's email address must be the sender's (compared case-insensitively). A
+    domain-bound certificate (Direct Project: a dNSName and no email address) covers its whole domain."""
+    sender = parseaddr(address)[1].lower()
+    if sender in {a.lower() for a in result.email_addresses}:
+        return True
+    if result.email_addresses or result.certificate is None:
+        return False
+    try:
+        san = result.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return sender.rpartition("@")[2] in {name.lower() for name in san.get_values_for_type(x509.DNSName)}

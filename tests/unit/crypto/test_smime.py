@@ -179,3 +179,23 @@ def test_what_is_not_signed_is_a_clear_error(ca: Issued, garbage: bytes) -> None
 def test_x509_of_the_issued_certificate_names_the_address(doctor: Issued) -> None:
     san = doctor.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.RFC822Name) == [DOCTOR]
+
+
+def test_a_domain_bound_certificate_covers_its_domain_only(ca: Issued) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "chu-nord.mssante.test")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("chu-nord.mssante.test")]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    assert check(smime.sign(MESSAGE, certificate, key), ca).valid
+    elsewhere = MESSAGE.replace(b"chu-nord.mssante.test>", b"ght-sud.mssante.test>", 1)
+    assert not check(smime.sign(elsewhere, certificate, key), ca).valid
