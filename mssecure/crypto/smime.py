@@ -75,13 +75,11 @@ def _headers(head: bytes) -> Message:
 
 def _outer_lines(head: bytes) -> list[bytes]:
     """The raw header fields (with their folded continuation lines) kept on the outside of a protected message."""
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += b"\r\n" + line
-        elif line:
-            fields.append(line)
-    return [f for f in fields if f.split(b":", 1)[0].strip().lower().decode("ascii", "replace") in _OUTER_HEADERS]
+    return [
+        f
+        for f in _field_lines(head)
+        if f.split(b":", 1)[0].strip().lower().decode("ascii", "replace") in _OUTER_HEADERS
+    ]
 
 
 def _base64_lines(data: bytes) -> bytes:
@@ -151,6 +149,7 @@ def encrypt(message: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
 
 
 def _field_lines(head: bytes) -> list[bytes]:
+    """The raw header fields of a CRLF header block, each with its folded continuation lines."""
     fields: list[bytes] = []
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
