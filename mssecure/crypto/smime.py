@@ -249,31 +249,27 @@ class Verification:
 
 
 def _signed_parts(entity: bytes) -> tuple[bytes, bytes, str]:
-    """(first part exactly as signed, signature DER, boundary) of a multipart/signed entity."""
+    """(first part exactly as signed, signature DER, boundary) of a multipart/signed entity.
+
+    RFC 2046 §5.1.1: a delimiter line is CRLF "--" boundary, optionally followed by spaces or tabs; the CRLF before
+    it belongs to the delimiter. Exactly two parts are accepted (RFC 1847 §2.1): anything else could show a reader
+    something other than what was verified.
+    """
     head, body = _split(entity)
     headers = _headers(head)
+    if len(headers.get_all("Content-Type") or []) != 1:
+        raise SignatureError("multipart/signed with several Content-Type fields")
     boundary = headers.get_param("boundary")
     if not isinstance(boundary, str) or not boundary or len(boundary) > 200:
         raise SignatureError("multipart/signed without a usable boundary")
-    delimiter = b"--" + boundary.encode("ascii", "replace")
-    # RFC 2046 §5.1.1: the delimiter is CRLF "--" boundary; the CRLF before it belongs to the delimiter.
-    if body.startswith(delimiter + b"\r\n"):
-        start = 0
-    else:
-        start = body.find(b"\r\n" + delimiter + b"\r\n")
-        if start < 0:
-            raise SignatureError("multipart/signed: no first part")
-        start += 2
-    first_start = start + len(delimiter) + 2
-    first_end = body.find(b"\r\n" + delimiter, first_start)
-    if first_end < 0:
-        raise SignatureError("multipart/signed: no second part")
-    first = body[first_start:first_end]
-    second_start = first_end + 2 + len(delimiter)
-    if body[second_start : second_start + 2] != b"\r\n":
-        raise SignatureError("multipart/signed: malformed delimiter")
-    second_end = body.find(b"\r\n" + delimiter + b"--", second_start)
-    second = body[second_start + 2 : second_end if second_end >= 0 else len(body)]
+    delimiter = re.escape(b"--" + boundary.encode("ascii", "replace"))
+    marks = list(re.finditer(rb"(?:^|\r\n)" + delimiter + rb"(--)?[ \t]*(?=\r\n|$)", body))
+    close = next((m for m in marks if m.group(1)), None)
+    opens = [m for m in marks if not m.group(1)]
+    if close is None or len(opens) != 2 or opens[1].start() > close.start():
+        raise SignatureError("multipart/signed must have exactly two parts")
+    first = body[opens[0].end() + 2 : opens[1].start()]
+    second = body[opens[1].end() + 2 : close.start()]
     sig_head, sig_body = _split(second)
     sig_type, _ = _content_type(sig_head)
     if sig_type not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
@@ -281,18 +277,37 @@ def _signed_parts(entity: bytes) -> tuple[bytes, bytes, str]:
     return first, _base64_body(sig_body), boundary
 
 
+_IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
+
+
 def unwrap(content: bytes) -> bytes | None:
-    """The message inside a ``message/rfc822`` entity, or None if the entity is something else."""
+    """The message inside a ``message/rfc822`` entity, or None if the entity is something else.
+
+    RFC 2046 §5.2.1: message/rfc822 allows no encoding but 7bit, 8bit or binary; an encoded one is refused (what is
+    checked and what is delivered must be the same bytes).
+    """
     head, body = _split(canonical(content))
-    content_type, _ = _content_type(head)
-    return body if content_type == "message/rfc822" else None
+    content_type, headers = _content_type(head)
+    encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+    if content_type != "message/rfc822" or encoding not in _IDENTITY_ENCODINGS:
+        return None
+    return body
+
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+:")  # RFC 5322 §3.6.8: printable ASCII but colon, then the colon
 
 
 def _from_address(message: bytes) -> str | None:
+    """The one address of the one From field of ``message``; None when the header is malformed, has no From,
+    several From fields, or several addresses (RFC 5322 §3.6.2 requires Sender then; we refuse)."""
     head, _ = _split(message)
-    headers = _headers(head)
-    values = headers.get_all("From") or []
-    addresses = [a for _, a in getaddresses([str(v) for v in values]) if a]
+    fields = _field_lines(head)
+    if any(not _FIELD_NAME.match(field) for field in fields):
+        return None
+    values = [f.split(b":", 1)[1].decode("utf-8", "replace") for f in fields if f.split(b":", 1)[0].lower() == b"from"]
+    if len(values) != 1:
+        return None
+    addresses = [a for _, a in getaddresses([" ".join(values[0].split())]) if a]
     return addresses[0].lower() if len(addresses) == 1 else None
 
 
@@ -329,9 +344,9 @@ def verify(
     reasons: list[str] = []
     if inner is None and require_wrapping:
         reasons.append("signed content is not a wrapped message (message/rfc822)")
-    from_address = _from_address(inner if inner is not None else content) or _from_address(message)
+    from_address = _from_address(inner if inner is not None else content)  # never the unsigned outer From
     if from_address is None:
-        reasons.append("the signed message has no single From address")
+        reasons.append("the signed message has not exactly one From field with one address")
     if not results:
         reasons.append("no signer")
     checks = []

@@ -110,7 +110,7 @@ def test_an_expired_signer_is_refused(ca: Issued, doctor: Issued) -> None:
 
 
 def test_unwrapped_content_is_refused_when_wrapping_is_required(ca: Issued, doctor: Issued) -> None:
-    entity = b"Content-Type: text/plain\r\n\r\nAmoxicilline 1 g.\r\n"
+    entity = f"From: <{DOCTOR}>\r\nContent-Type: text/plain\r\n\r\nAmoxicilline 1 g.\r\n".encode()
     signature = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(entity)
@@ -199,3 +199,36 @@ def test_a_domain_bound_certificate_covers_its_domain_only(ca: Issued) -> None:
     assert check(smime.sign(MESSAGE, certificate, key), ca).valid
     elsewhere = MESSAGE.replace(b"chu-nord.mssante.test>", b"ght-sud.mssante.test>", 1)
     assert not check(smime.sign(elsewhere, certificate, key), ca).valid
+
+
+@pytest.mark.parametrize(
+    "inner_from",
+    [
+        b"From: <victim@chu-nord.mssante.test>\r\nFrom: <camille.lefevre@chu-nord.mssante.test>",
+        b"From: victim@chu-nord.mssante.test, camille.lefevre@chu-nord.mssante.test",
+        b"From : <camille.lefevre@chu-nord.mssante.test>",
+        b"X-No-From: none",
+    ],
+)
+def test_the_signed_message_must_have_exactly_one_from(ca: Issued, doctor: Issued, inner_from: bytes) -> None:
+    message = MESSAGE.replace(f"From: Dr Camille LEFEVRE <{DOCTOR}>".encode(), inner_from)
+    signed = smime.sign(message, doctor.certificate, doctor.key)
+    # whatever the unsigned outer header says, only the signed From counts
+    outer = b"From: <" + DOCTOR.encode() + b">\r\n" + signed.split(b"\r\n", 1)[1]
+    result = check(outer, ca)
+    assert not result.valid
+    assert "the signed message has not exactly one From field with one address" in result.reasons
+
+
+def test_a_part_hidden_behind_a_padded_delimiter_is_refused(ca: Issued, doctor: Issued) -> None:
+    signed = smime.sign(MESSAGE, doctor.certificate, doctor.key)
+    boundary = signed.split(b'boundary="', 1)[1].split(b'"', 1)[0]
+    head, body = signed.split(b"\r\n\r\n", 1)
+    smuggled = b"--" + boundary + b" \r\nContent-Type: text/plain\r\n\r\nMorphine 100 mg x 60\r\n"
+    with pytest.raises(SignatureError, match="exactly two parts"):
+        check(head + b"\r\n\r\n" + smuggled + body, ca)
+
+
+def test_an_encoded_wrapped_message_is_not_taken_as_wrapped(ca: Issued, doctor: Issued) -> None:
+    entity = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    assert smime.unwrap(entity + base64.b64encode(MESSAGE)) is None
