@@ -113,9 +113,20 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
     when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
     with cli.session() as session:
         space = TrustSpace(session, cli.config, actor=cli.operator_account)
+        ours = cli.material.ca_certificate()
+
+        def anchors_for(sender: str | None) -> list[x509.Certificate]:
+            # Our CA for our domains, a peer's CA for that peer's domains, nothing for anyone else.
+            if sender is None:
+                return []
+            if sender.rpartition("@")[2] in cli.config.operator.domains:
+                return [ours]
+            peer = space.anchor_for(sender)
+            return [peer] if peer is not None else []
+
         result = smime.verify(
             message,
-            anchors=[cli.material.ca_certificate(), *space.anchors()],
+            anchors=anchors_for,
             crls=[cli.material.crl(), *space.crls()],
             at=when,
             policy=LEGACY if legacy else STRICT,
@@ -133,11 +144,21 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
             }
             for s in result.signers
         ]
-    report = {"valid": result.valid, "from": result.from_address, "reasons": list(result.reasons), "signers": signers}
+    # The caller's half of the decision: a valid signature from an address that is not an active directory entry
+    # (suspended, revoked here, or unknown) is not a valid message.
+    for signer in signers:
+        identity = signer["identity"]
+        if identity is None:
+            signer["reasons"].append("the signer is not in the directory")
+        elif identity["status"] != "active":
+            signer["reasons"].append(f"the signer's directory entry is {identity['status']}")
+        signer["valid"] = signer["valid"] and not signer["reasons"]
+    valid = result.valid and any(signer["valid"] for signer in signers)
+    report = {"valid": valid, "from": result.from_address, "reasons": list(result.reasons), "signers": signers}
     if as_json:
         echo_json(report)
     else:
-        click.echo(("VALID" if result.valid else "INVALID") + f" signature, From {result.from_address}")
+        click.echo(("VALID" if valid else "INVALID") + f" signature, From {result.from_address}")
         for signer in signers:
             identity = signer["identity"] or {}
             mark = "ok " if signer["valid"] else "BAD"
@@ -149,5 +170,5 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
                 click.echo(f"        {reason}")
         for reason in result.reasons:
             click.echo(f"  {reason}")
-    if not result.valid:
+    if not valid:
         raise click.exceptions.Exit(1)

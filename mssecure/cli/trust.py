@@ -62,13 +62,14 @@ def export(cli: CliContext, out: Path) -> None:
 @trust.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--fingerprint", "confirmed", required=True, help="The peer CA's SHA-256 fingerprint, confirmed with it.")
+@click.option("--replace-ca", is_flag=True, help="Accept a new CA for a peer already trusted (confirm it first).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_cli
-def import_(cli: CliContext, file: Path, confirmed: str, as_json: bool) -> None:
+def import_(cli: CliContext, file: Path, confirmed: str, replace_ca: bool, as_json: bool) -> None:
     """Verify a peer's trust bundle and (re)place its domains, CA, DKIM key and directory."""
     bundle = read_bundle(file.read_bytes(), confirmed_fingerprint=confirmed, now=utcnow())
     with cli.session() as session:
-        outcome = _space(cli, session).import_bundle(bundle)
+        outcome = _space(cli, session).import_bundle(bundle, replace_ca=replace_ca)
         result = {"operator": operator_json(outcome.operator), "directory": outcome.directory.to_json(),
                   "revoked": outcome.revoked}  # fmt: skip
     if as_json:

@@ -286,6 +286,11 @@ class CertificateService:
             known = ", ".join(r for r in REVOCATION_REASONS if r != "certificateHold")
             raise CertificateError(f"unknown revocation reason {reason!r} (expected one of {known})")
         records = [r for r in self.find(serial_or_address) if r.status != "revoked"]
+        if any(r.private_key_pem is None for r in records):
+            raise CertificateError(
+                "a peer operator's certificate is revoked by its operator (its CRL comes with its trust bundle); "
+                "to stop trusting the address here, revoke its directory entry"
+            )
         if not records:
             raise CertificateError(f"{serial_or_address}: every certificate is already revoked")
         for record in records:

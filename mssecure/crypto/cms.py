@@ -68,6 +68,9 @@ from mssecure.errors import SignatureError
 
 __all__ = ["LEGACY", "STRICT", "SignerResult", "VerificationPolicy", "encapsulated_content", "verify_signed_data"]
 
+# What cryptography raises on a certificate whose extensions are malformed (some only when they are read).
+_MALFORMED_EXTENSIONS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
 
 @dataclass(frozen=True)
 class VerificationPolicy:
@@ -758,7 +761,7 @@ def _certificate_problems(
 
     try:
         extensions = cert.extensions
-    except ValueError:
+    except _MALFORMED_EXTENSIONS:
         problems.append(f"certificate extensions are malformed: {label}")
         return problems
 
@@ -878,7 +881,7 @@ def _crl_signed_by(
 ) -> bool:
     try:
         key_usage = _extension(issuer.certificate.extensions, x509.KeyUsage)
-    except ValueError:
+    except _MALFORMED_EXTENSIONS:
         return False
     if key_usage is not None and not key_usage.crl_sign:  # RFC 5280 §6.3.3 f
         return False
@@ -888,7 +891,7 @@ def _crl_signed_by(
 def _revocation_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
     try:
         return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *_MALFORMED_EXTENSIONS):
         return None
 
 
@@ -899,7 +902,7 @@ def _email_addresses(certificate: x509.Certificate) -> tuple[str, ...]:
         san = _extension(certificate.extensions, x509.SubjectAlternativeName)
         if san is not None:
             addresses.extend(san.get_values_for_type(x509.RFC822Name))
-    except ValueError:
+    except _MALFORMED_EXTENSIONS:
         pass
     try:
         for attribute in certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):

@@ -20,7 +20,7 @@ import email.parser
 import email.policy
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -314,7 +314,7 @@ def _from_address(message: bytes) -> str | None:
 def verify(
     message: bytes,
     *,
-    anchors: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate] | Callable[[str | None], Sequence[x509.Certificate]],
     at: datetime,
     crls: Sequence[x509.CertificateRevocationList] = (),
     extra_certificates: Sequence[x509.Certificate] = (),
@@ -324,20 +324,19 @@ def verify(
     """Verify a signed message or MIME entity (detached multipart/signed, or opaque signed-data).
 
     Each signer must chain to ``anchors`` under ``policy`` at time ``at``, and its certificate's address must be
-    the From of the signed (inner) message. Raises SignatureError only when the input is not S/MIME signed.
+    the From of the signed (inner) message. ``anchors`` may be a function of that From address: in a trust space
+    each operator's CA speaks only for its own domains. Raises SignatureError only when the input is not S/MIME
+    signed.
     """
     message = canonical(message)
     head, body = _split(message)
     content_type, _ = _content_type(head)
     if content_type == "multipart/signed":
         content, signature, _ = _signed_parts(message)
-        results = verify_signed_data(signature, content, anchors=anchors, at=at, crls=crls,
-                                     extra_certificates=extra_certificates, policy=policy)  # fmt: skip
+        detached: bytes | None = content
     elif content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime") and is_signed(message):
-        der = _base64_body(body)
-        content = canonical(encapsulated_content(der))
-        results = verify_signed_data(der, None, anchors=anchors, at=at, crls=crls,
-                                     extra_certificates=extra_certificates, policy=policy)  # fmt: skip
+        signature = _base64_body(body)
+        content, detached = canonical(encapsulated_content(signature)), None
     else:
         raise SignatureError(f"not an S/MIME signed message ({content_type})")
     inner = unwrap(content)
@@ -347,6 +346,9 @@ def verify(
     from_address = _from_address(inner if inner is not None else content)  # never the unsigned outer From
     if from_address is None:
         reasons.append("the signed message has not exactly one From field with one address")
+    trusted = anchors(from_address) if callable(anchors) else anchors
+    results = verify_signed_data(signature, detached, anchors=trusted, at=at, crls=crls,
+                                 extra_certificates=extra_certificates, policy=policy)  # fmt: skip
     if not results:
         reasons.append("no signer")
     checks = []
@@ -369,6 +371,6 @@ def _address_matches(address: str, result: SignerResult) -> bool:
         return False
     try:
         san = result.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         return False
     return sender.rpartition("@")[2] in {name.lower() for name in san.get_values_for_type(x509.DNSName)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy.orm import Session
 
 from mssecure.config import Config, validate_domain
@@ -143,17 +145,49 @@ def read_bundle(data: bytes, *, confirmed_fingerprint: str, now: datetime) -> Bu
             f"the bundle's CA fingerprint {fingerprint(ca)} is not the one confirmed ({confirmed_fingerprint}): "
             "refusing it"
         )
-    results = verify_signed_data(data, None, anchors=[ca], at=now, policy=_BUNDLE_POLICY)
+    crl = _bundle_crl(payload, ca)
+    results = verify_signed_data(data, None, anchors=[ca], crls=[crl], at=now, policy=_BUNDLE_POLICY)
     if not results or not any(r.valid for r in results):
         reasons = "; ".join(reason for r in results for reason in r.reasons) or "no signer"
         raise TrustError(f"the trust bundle's signature does not verify: {reasons}")
     try:
-        return _parse(payload, ca)
+        bundle = _parse(payload, ca, crl)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise TrustError(f"malformed trust bundle: {type(exc).__name__}: {exc}") from None
+    # Only the peer's relay may speak for the peer: not any certificate its CA issued (a professional's, say).
+    if not any(r.valid and r.certificate is not None and _is_relay(r.certificate, bundle.hostname) for r in results):
+        raise TrustError(f"the trust bundle is not signed by the relay certificate of {bundle.hostname}")
+    return bundle
 
 
-def _parse(payload: dict[str, Any], ca: x509.Certificate) -> Bundle:
+def _bundle_crl(payload: dict[str, Any], ca: x509.Certificate) -> x509.CertificateRevocationList:
+    """The bundle's CRL, which must be there, be a CRL, and be signed by the bundle's CA."""
+    try:
+        crl = x509.load_der_x509_crl(base64.b64decode(payload["crl"], validate=True))
+    except (KeyError, TypeError, ValueError):
+        raise TrustError("the trust bundle carries no readable CRL") from None
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        raise TrustError("the trust bundle's CRL is not signed by its CA")
+    return crl
+
+
+def _is_relay(certificate: x509.Certificate, hostname: str) -> bool:
+    """serverAuth and the relay's host name as a dNSName: what a peer's relay certificate is (and an S/MIME one
+    is not)."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages and hostname in [
+        n.lower() for n in names.get_values_for_type(x509.DNSName)
+    ]
+
+
+_RELAY = re.compile(r"([a-z0-9.-]+):(\d{1,5})")
+
+
+def _parse(payload: dict[str, Any], ca: x509.Certificate, crl: x509.CertificateRevocationList) -> Bundle:
     operator = payload["operator"]
     domains = tuple(validate_domain(d) for d in operator["domains"])
     domain = validate_domain(operator["domain"])
@@ -173,18 +207,29 @@ def _parse(payload: dict[str, Any], ca: x509.Certificate) -> Bundle:
             if certificate.issuer != ca.subject:
                 raise ValueError(f"a certificate of {data.address} is not issued by the bundle's CA")
             certificate.verify_directly_issued_by(ca)
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            if data.address not in [a.lower() for a in san.get_values_for_type(x509.RFC822Name)]:
+                raise ValueError(f"a certificate listed for {data.address} is not that address's")
         entries.append((data, certificates))
-    crl = base64.b64decode(payload["crl"]) if payload.get("crl") else None
     dkim = payload["dkim"]
+    relay = _RELAY.fullmatch(str(operator["relay"]).lower())
+    if relay is None or not 0 < int(relay.group(2)) < 65536:
+        raise ValueError("the relay endpoint is not host:port")
+    validate_domain(relay.group(1))
+    selector, record = str(dkim["selector"]), str(dkim["record"])
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", selector):
+        raise ValueError("the DKIM selector is not a DNS label")
+    if not re.fullmatch(r"v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]{100,2000}", record):
+        raise ValueError("the DKIM record is not an RSA DKIM1 record")
     return Bundle(
         domain=domain,
         domains=domains,
         hostname=validate_domain(operator["hostname"]),
-        relay=str(operator["relay"]),
+        relay=relay.group(0),
         ca=ca,
-        crl=crl,
-        dkim_selector=str(dkim["selector"]),
-        dkim_record=str(dkim["record"]),
+        crl=crl.public_bytes(serialization.Encoding.DER),
+        dkim_selector=selector,
+        dkim_record=record,
         created_at=datetime.fromisoformat(payload["created_at"]),
         entries=tuple(entries),
     )
@@ -223,13 +268,24 @@ class TrustSpace:
                 return operator
         raise TrustError(f"{domain} is not in the trust space")
 
-    def anchors(self) -> list[x509.Certificate]:
-        """The peers' CA certificates."""
-        return [x509.load_pem_x509_certificate(o.ca_pem.encode()) for o in self.operators()]
+    def anchor_for(self, address: str) -> x509.Certificate | None:
+        """The CA that may certify ``address``: the CA of the peer serving its domain (None if none does).
+        A peer's CA is never an anchor for another domain: each operator speaks only for its own addresses."""
+        domain = address.rpartition("@")[2].lower()
+        for operator in self.operators():
+            if domain in operator.domains:
+                return x509.load_pem_x509_certificate(operator.ca_pem.encode())
+        return None
 
     def crls(self) -> list[x509.CertificateRevocationList]:
         """The peers' CRLs, as their last bundles carried them."""
-        return [x509.load_der_x509_crl(o.crl_der) for o in self.operators() if o.crl_der]
+        crls = []
+        for operator in self.operators():
+            try:
+                crls.append(x509.load_der_x509_crl(operator.crl_der or b""))
+            except ValueError:
+                continue  # checked at import; a damaged row must not stop every verification
+        return crls
 
     def dkim_keys(self) -> dict[str, str]:
         """``<selector>._domainkey.<domain>`` → TXT value for every domain of every peer."""
@@ -238,18 +294,29 @@ class TrustSpace:
     def trusted_domains(self) -> frozenset[str]:
         return frozenset(d for operator in self.operators() for d in operator.domains)
 
-    def import_bundle(self, bundle: Bundle) -> ImportOutcome:
+    def import_bundle(self, bundle: Bundle, *, replace_ca: bool = False) -> ImportOutcome:
         ours = self.config.operator.domains & set(bundle.domains)
         if ours:
             raise TrustError(f"the bundle claims our own domain(s) {', '.join(sorted(ours))}: refusing it")
-        for other in self.operators():
-            clash = set(other.domains) & set(bundle.domains)
-            if other.domain != bundle.domain and clash:
-                raise TrustError(f"{', '.join(sorted(clash))} already belong to trusted operator {other.domain}")
-        now = self.clock()
         operator = self.session.scalars(
             sa.select(TrustedOperator).where(TrustedOperator.domain == bundle.domain)
         ).one_or_none()
+        for other in self.operators():
+            clash = set(other.domains) & set(bundle.domains)
+            if other is not operator and clash:
+                raise TrustError(f"{', '.join(sorted(clash))} already belong to trusted operator {other.domain}")
+        if operator is not None:
+            if operator.ca_fingerprint != bundle.ca_fingerprint and not replace_ca:
+                raise TrustError(
+                    f"{bundle.domain} is trusted with another CA ({operator.ca_fingerprint}): if the peer really "
+                    "changed its CA, confirm it and import again with --replace-ca"
+                )
+            if bundle.created_at <= operator.bundle_created_at:
+                raise TrustError(
+                    f"this bundle of {bundle.domain} ({bundle.created_at:%Y-%m-%d %H:%M:%S}) is not newer than the "
+                    f"one imported ({operator.bundle_created_at:%Y-%m-%d %H:%M:%S}): refusing a replay"
+                )
+        now = self.clock()
         if operator is None:
             operator = TrustedOperator(domain=bundle.domain)
             self.session.add(operator)
@@ -277,12 +344,7 @@ class TrustSpace:
         return ImportOutcome(operator, report, revoked)
 
     def _replace_certificates(self, bundle: Bundle, now: datetime) -> None:
-        self.session.execute(
-            sa.delete(CertificateRecord).where(
-                CertificateRecord.private_key_pem.is_(None),
-                CertificateRecord.issuer == bundle.ca.subject.rfc4514_string(),
-            )
-        )
+        self._drop_peer_certificates(bundle.domains)
         for data, certificates in bundle.entries:
             for certificate in certificates:
                 self.session.add(
@@ -304,6 +366,15 @@ class TrustSpace:
                 )
         self.session.flush()
 
+    def _drop_peer_certificates(self, domains: tuple[str, ...]) -> None:
+        """Forget the certificates we hold for addresses of these (peer) domains — never one with a key here."""
+        addresses = sa.select(Entry.address).where(Entry.domain.in_(domains))
+        self.session.execute(
+            sa.delete(CertificateRecord).where(
+                CertificateRecord.private_key_pem.is_(None), CertificateRecord.address.in_(addresses)
+            )
+        )
+
     def _revoke_missing(self, domains: tuple[str, ...], listed: set[str], *, reason: str) -> list[str]:
         book = Directory(self.session, local_domains=self.config.operator.domains, actor=self.actor,
                          source="trust import", clock=self.clock)  # fmt: skip
@@ -317,12 +388,7 @@ class TrustSpace:
         """Take an operator out of the trust space: its entries are revoked here, its certificates dropped."""
         operator = self.get(domain)
         revoked = self._revoke_missing(tuple(operator.domains), set(), reason=f"{operator.domain} left the trust space")
-        ca = x509.load_pem_x509_certificate(operator.ca_pem.encode())
-        self.session.execute(
-            sa.delete(CertificateRecord).where(
-                CertificateRecord.private_key_pem.is_(None), CertificateRecord.issuer == ca.subject.rfc4514_string()
-            )
-        )
+        self._drop_peer_certificates(tuple(operator.domains))
         self.session.delete(operator)
         self.session.flush()
         return operator, revoked

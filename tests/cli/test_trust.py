@@ -164,3 +164,101 @@ def test_remove_takes_the_operator_out_and_revokes_its_entries(pair: tuple[Opera
     assert json.loads(ok(b, "certs", "list", "--address", DOCTOR, "--json")) == []
     result = b.run("trust", "show", "chu-nord.mssante.test")
     assert_one_line_error(result.output, "not in the trust space")
+
+
+def fingerprint_of(op: Operator) -> str:
+    output = ok(op, "trust", "export", "--out", str(op.directory / "probe.bundle"))
+    (op.directory / "probe.bundle").unlink()
+    return re.search(r"--fingerprint ([0-9A-F:]+)", output).group(1)  # type: ignore[union-attr]
+
+
+def test_an_older_bundle_is_refused_as_a_replay(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    old, new = tmp_path / "old.bundle", tmp_path / "new.bundle"
+    ok(a, "trust", "export", "--out", str(old))
+    ok(a, "trust", "export", "--out", str(new))
+    fingerprint = fingerprint_of(a)
+    ok(b, "trust", "import", str(new), "--fingerprint", fingerprint)
+    result = b.run("trust", "import", str(old), "--fingerprint", fingerprint)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "refusing a replay")
+
+
+def test_another_ca_cannot_take_over_a_trusted_domain(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, b = pair
+    exchange(a, b, tmp_path, "a.bundle")
+    impostor = PeerOperator(tmp_path / "impostor", "chu-nord.mssante.test")
+    bundle = tmp_path / "impostor.bundle"
+    ok(impostor, "trust", "export", "--out", str(bundle))
+    fingerprint = fingerprint_of(impostor)
+    result = b.run("trust", "import", str(bundle), "--fingerprint", fingerprint)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "is trusted with another CA", "--replace-ca")
+    assert json.loads(ok(b, "trust", "show", "chu-nord.mssante.test", "--json"))["ca_fingerprint"] == fingerprint_of(a)
+    ok(b, "trust", "import", str(bundle), "--fingerprint", fingerprint, "--replace-ca")
+    assert json.loads(ok(b, "trust", "show", "chu-nord.mssante.test", "--json"))["ca_fingerprint"] == fingerprint
+
+
+def test_a_bundle_signed_by_a_professional_of_the_peer_is_refused(pair: tuple[Operator, Operator],
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+
+    from mssecure.crypto.cms import encapsulated_content
+
+    a, b = pair
+    genuine = tmp_path / "a.bundle"
+    ok(a, "trust", "export", "--out", str(genuine))
+    password = tmp_path / "pw"
+    password.write_text("p12-password\n")
+    ok(a, "certs", "export-p12", DOCTOR, "--out", str(tmp_path / "d.p12"), "--password-file", str(password))
+    key, certificate, _ = pkcs12.load_key_and_certificates((tmp_path / "d.p12").read_bytes(), b"p12-password")
+    assert key is not None
+    assert certificate is not None
+    content = encapsulated_content(genuine.read_bytes()).replace(b"mail.chu-nord.mssante.test:25", b"attacker.test:25")
+    forged = tmp_path / "forged.bundle"
+    forged.write_bytes(
+        pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(certificate, key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )  # fmt: skip
+    result = b.run("trust", "import", str(forged), "--fingerprint", fingerprint_of(a))
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "not signed by the relay certificate of mail.chu-nord.mssante.test")
+
+
+def test_a_peer_ca_cannot_sign_for_another_domain(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from mssecure.config import load_config
+    from mssecure.crypto.authority import OperatorMaterial
+    from mssecure.crypto.pki import issue_smime
+    from mssecure.db import utcnow
+    from mssecure.directory.records import EntryData, Kind
+
+    a, b = pair
+    exchange(b, a, tmp_path, "b.bundle")  # A trusts B
+    # B's CA (the peer) issues a certificate for an address of A's domain, and signs with it.
+    material = OperatorMaterial(load_config(b.config))
+    victim = EntryData(address=DOCTOR, kind=Kind.PERSONAL, identifier_type="RPPS", identifier=RPPS).validated()
+    forged = issue_smime(material.ca(), victim, now=utcnow(), crl_url="http://x.test/ca.crl")
+    (tmp_path / "forged.crt").write_bytes(forged.certificate.public_bytes(serialization.Encoding.PEM))
+    from mssecure.crypto import smime
+
+    message = PRESCRIPTION.replace(b"pharmacie@chu-nord.mssante.test", PHARMACIST.encode())
+    (tmp_path / "signed").write_bytes(smime.sign(message, forged.certificate, forged.key))
+    result = a.run("smime", "verify", str(tmp_path / "signed"), "--json")
+    assert result.exit_code == 1
+    reasons = " ".join(json.loads(result.output)["signers"][0]["reasons"])
+    assert "no certificate chain to a trust anchor" in reasons
+
+
+def test_a_suspended_sender_no_longer_verifies(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
+    a, _ = pair
+    source = tmp_path / "rx.eml"
+    source.write_bytes(PRESCRIPTION)
+    ok(a, "smime", "sign", "--as", DOCTOR, str(source), str(tmp_path / "signed"))
+    assert a.run("smime", "verify", str(tmp_path / "signed")).exit_code == 0
+    ok(a, "directory", "revoke", DOCTOR, "--reason", "left")
+    result = a.run("smime", "verify", str(tmp_path / "signed"), "--json")
+    assert result.exit_code == 1
+    assert "the signer's directory entry is revoked" in json.loads(result.output)["signers"][0]["reasons"]
