@@ -6,7 +6,8 @@
   patient.
 - **encrypt**: ``application/pkcs7-mime; smime-type=enveloped-data`` (RFC 8551 §3.3), AES-256-CBC, one
   RecipientInfo per recipient certificate (RSA key transport).
-- **decrypt**: enveloped data with AES-128 or AES-256 (CBC), also under the legacy ``application/x-pkcs7-mime``.
+- **decrypt**: enveloped data with AES-128 or AES-256 (CBC), also under the legacy ``application/x-pkcs7-mime``,
+  and authenticated enveloped data with AES-GCM (RFC 5083/5084).
 - **verify**: the first part's exact raw bytes (cut at the boundary, never re-serialised) against the detached
   signature, through ``mssecure.crypto.cms``; then the signer's address must be the inner From.
 
@@ -27,10 +28,13 @@ from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
+from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mssecure.crypto.cms import STRICT, SignerResult, VerificationPolicy, encapsulated_content, verify_signed_data
@@ -197,12 +201,84 @@ def decrypt(message: bytes, certificate: x509.Certificate, key: Any) -> bytes:
     if not is_encrypted(message):
         raise SignatureError("not an S/MIME encrypted message (application/pkcs7-mime enveloped-data)")
     der = _base64_body(body)
+    if _is_auth_enveloped(der):
+        return canonical(_decrypt_auth_enveloped(der, certificate, key))
     try:
         return canonical(pkcs7.pkcs7_decrypt_der(der, certificate, key, []))
     except ValueError as exc:
         raise SignatureError(f"cannot decrypt: {exc}") from None
     except Exception as exc:  # the backend's errors for unsupported algorithms are not all ValueError
         raise SignatureError(f"cannot decrypt: {type(exc).__name__}: {exc}") from None
+
+
+def _is_auth_enveloped(der: bytes) -> bool:
+    try:
+        return bool(asn1_cms.ContentInfo.load(der)["content_type"].native == "authenticated_enveloped_data")
+    except Exception:  # asn1crypto reports malformed DER in many ways; the regular path will refuse it
+        return False
+
+
+_GCM_KEY_BYTES = {"aes128_gcm": 16, "aes192_gcm": 24, "aes256_gcm": 32}
+_OAEP_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+class _GcmParameters(asn1_core.Sequence):  # type: ignore[misc]
+    """RFC 5084 §3.2 GCMParameters (asn1crypto has no class for it)."""
+
+    _fields = [("aes_nonce", asn1_core.OctetString), ("aes_icvlen", asn1_core.Integer, {"default": 12})]  # noqa: RUF012
+
+
+def _decrypt_auth_enveloped(der: bytes, certificate: x509.Certificate, key: Any) -> bytes:
+    """RFC 5083 AuthEnvelopedData with AES-GCM (RFC 5084), RSA key transport — which ``cryptography`` cannot
+    decrypt: the content-encryption key is unwrapped with our key, then AES-GCM authenticates and decrypts."""
+    try:
+        data = asn1_cms.ContentInfo.load(der)["content"]
+        issuer_serial = None
+        wrapped = None
+        scheme = None
+        for info in data["recipient_infos"]:
+            if info.name != "ktri":
+                continue
+            rid = info.chosen["rid"]
+            if rid.name == "issuer_and_serial_number":
+                issuer_serial = (rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native)
+                ours = (certificate.issuer.public_bytes(), certificate.serial_number)
+                if issuer_serial != ours:
+                    continue
+            wrapped = info.chosen["encrypted_key"].native
+            scheme = info.chosen["key_encryption_algorithm"]
+            break
+        if wrapped is None or scheme is None:
+            raise SignatureError("cannot decrypt: the message is not encrypted to this certificate")
+        if scheme["algorithm"].native == "rsaes_oaep":
+            params = scheme["parameters"].native or {}
+            digest = _OAEP_HASHES[(params.get("hash_algorithm") or {}).get("algorithm", "sha1")]()
+            pad: Any = padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=None)
+        else:
+            pad = padding.PKCS1v15()
+        content_key = key.decrypt(wrapped, pad)
+        info = data["auth_encrypted_content_info"]
+        algorithm = info["content_encryption_algorithm"]
+        name = algorithm["algorithm"].native
+        if name not in _GCM_KEY_BYTES or len(content_key) != _GCM_KEY_BYTES[name]:
+            raise SignatureError(f"cannot decrypt: content encryption {name} is not supported")
+        parameters = _GcmParameters.load(algorithm["parameters"].dump())
+        nonce, tag = parameters["aes_nonce"].native, data["mac"].native
+        if len(tag) != parameters["aes_icvlen"].native:
+            raise SignatureError("cannot decrypt: the authentication tag has the wrong length")
+        attributes = data["auth_attrs"]
+        # RFC 5083 §2.2: authenticated attributes are authenticated as a DER SET OF, not in their [1] tagging.
+        aad = b"" if not attributes.native else b"\x31" + attributes.dump()[1:]
+        return AESGCM(content_key).decrypt(nonce, info["encrypted_content"].native + tag, aad)
+    except SignatureError:
+        raise
+    except Exception as exc:  # wrong key, bad tag, malformed structure: one refusal, with the cause
+        raise SignatureError(f"cannot decrypt: {type(exc).__name__}") from None
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_our_encryption_decrypts_with_openssl(smime_op: Operator, tmp_path: Path
     openssl("cms", "-verify", "-in", str(ours), "-CAfile", str(ca), "-out", os.devnull)
 
 
-@pytest.mark.parametrize("cipher", ["-aes128", "-aes256"])
+@pytest.mark.parametrize("cipher", ["-aes128", "-aes256", "-aes-128-gcm", "-aes-256-gcm"])
 def test_openssl_encryption_decrypts_with_mssecure(smime_op: Operator, tmp_path: Path, cipher: str) -> None:
     _, cert = key_and_cert(smime_op, PHARMACY, tmp_path)
     entity = tmp_path / "entity"
@@ -179,3 +179,18 @@ def test_gpgsm_verifies_our_signature(smime_op: Operator, tmp_path: Path) -> Non
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode != 0
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False, timeout=30)
+
+
+def test_a_tampered_aes_gcm_message_is_refused(smime_op: Operator, tmp_path: Path) -> None:
+    _, cert = key_and_cert(smime_op, PHARMACY, tmp_path)
+    entity = tmp_path / "entity"
+    entity.write_bytes(b"Content-Type: text/plain\r\n\r\nCompte rendu.\r\n")
+    encrypted = tmp_path / "gcm.p7m"
+    openssl("cms", "-encrypt", "-aes-256-gcm", "-binary", "-in", str(entity), "-out", str(encrypted), str(cert))
+    head, body = encrypted.read_bytes().split(b"\n\n", 1)
+    der = bytearray(base64.b64decode(body))
+    der[-40] ^= 0x01  # inside the ciphertext or the tag
+    encrypted.write_bytes(head + b"\n\n" + base64.encodebytes(bytes(der)))
+    result = smime_op.run("smime", "decrypt", "--as", PHARMACY, str(encrypted), str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert not (tmp_path / "out").exists() or (tmp_path / "out").read_bytes() == b""
