@@ -1,8 +1,9 @@
 """Import of directory files: an idempotent upsert keyed on the lowercased address.
 
 The file is streamed and written in batches inside one transaction (all or nothing; ``dry_run`` rolls it back), so
-the national extraction (~540,000 lines) imports in bounded memory: what is kept across batches is one 8-byte digest
-per address seen, to count duplicate lines (the first occurrence of an address wins).
+the file is never held in memory: what is kept across batches is an 8-byte digest per address seen (about 67 bytes
+each in a Python set, 35 MiB for the 540,000-line national file), to count duplicate lines (the first occurrence of
+an address wins).
 
 Each line ends up in exactly one bucket of the ``ImportReport``: created, updated, unchanged, duplicate or rejected
 (with its line number and reason). Every created or updated entry gets a history row naming the import.
