@@ -25,12 +25,15 @@ from mssecure.errors import ConfigError
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_FILENAME",
+    "AuthConfig",
     "Config",
     "DatabaseConfig",
+    "DeliveryConfig",
     "DkimConfig",
     "OperatorConfig",
     "PathsConfig",
     "PkiConfig",
+    "SmtpConfig",
     "find_config_file",
     "load_config",
     "render_config",
@@ -176,6 +179,138 @@ def _raise(message: str) -> Any:
     raise ValueError(message)
 
 
+def _check_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535; 0 disables the listener)")
+    return value
+
+
+def _check_positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9.-]+:\d{1,5}", value):
+        raise ValueError("must be host:port")
+    return value
+
+
+def _check_schedule(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(v < 1 for v in value):
+        raise ValueError("must be a non-empty list of positive numbers of seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The relay's listeners and the limits every SMTP session is held to."""
+
+    listen: str = _setting(
+        "Address the listeners bind to (0.0.0.0 for every IPv4 address, :: for IPv6 too).",
+        example="0.0.0.0",  # noqa: S104 - a relay listens on the network by design
+        default="0.0.0.0",  # noqa: S104
+    )
+    submission_port: int = _setting(
+        "Submission for mail clients with STARTTLS (RFC 6409); 0 disables it.",
+        example=587,
+        check=_check_port,
+        default=587,
+    )
+    submissions_port: int = _setting(
+        "Submission for mail clients over implicit TLS (RFC 8314); 0 disables it.",
+        example=465,
+        check=_check_port,
+        default=465,
+    )
+    inbound_port: int = _setting(
+        "Inbound relay from peer operators (STARTTLS and a trusted client certificate required); 0 disables it.",
+        example=25,
+        check=_check_port,
+        default=25,
+    )
+    relay_endpoint: str = _setting(
+        "host:port where peers reach the inbound relay, published in the trust bundle. "
+        "Empty: <operator.hostname>:<inbound_port>.",
+        example="",
+        check=_check_endpoint,
+        default="",
+    )
+    max_message_size: int = _setting(
+        "Largest message accepted, in bytes (advertised with SIZE, RFC 1870).",
+        example=50 * 1024 * 1024,
+        check=_check_positive,
+        default=50 * 1024 * 1024,
+    )
+    max_recipients: int = _setting("Most recipients of one message.", example=100, check=_check_positive, default=100)
+    max_header_size: int = _setting(
+        "Largest message header, in bytes.", example=256 * 1024, check=_check_positive, default=256 * 1024
+    )
+    max_commands: int = _setting(
+        "Most SMTP commands in one session before it is closed.", example=1000, check=_check_positive, default=1000
+    )
+    idle_timeout: int = _setting(
+        "Seconds a session may stay idle before it is closed.", example=300, check=_check_positive, default=300
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How mail clients authenticate to submission."""
+
+    require_client_cert: bool = _setting(
+        "Require a TLS client certificate issued by this operator to the authenticating address (the strong, "
+        "smart-card-like mode), besides the password.",
+        example=False,
+        default=False,
+    )
+    max_failures: int = _setting(
+        "Failed logins allowed per address and per client IP within failure_window before AUTH is refused.",
+        example=5,
+        check=_check_positive,
+        default=5,
+    )
+    failure_window: int = _setting(
+        "Seconds over which failed logins are counted.", example=900, check=_check_positive, default=900
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Local mailboxes, the queue and retries."""
+
+    maildir: str = _setting(
+        "Root of the local mailboxes: one Maildir per address at <maildir>/<domain>/<local part>/ (relative "
+        "paths are relative to this file).",
+        example="data/mail",
+        default="data/mail",
+    )
+    retry_schedule: tuple[int, ...] = _setting(
+        "Seconds to wait before each new delivery attempt; the last one repeats until max_lifetime.",
+        example=(60, 300, 900, 1800, 3600, 7200),
+        check=_check_schedule,
+        default=(60, 300, 900, 1800, 3600, 7200),
+    )
+    max_lifetime: int = _setting(
+        "Seconds a message may stay in the queue before it bounces (a DSN to its sender); 5 days by default.",
+        example=5 * 24 * 3600,
+        check=_check_positive,
+        default=5 * 24 * 3600,
+    )
+    connections_per_destination: int = _setting(
+        "Most simultaneous connections to one peer operator.", example=4, check=_check_positive, default=4
+    )
+    connect_timeout: int = _setting(
+        "Seconds to wait for a peer relay to connect and answer.", example=30, check=_check_positive, default=30
+    )
+    require_encrypted_inbound: bool = _setting(
+        "Refuse mail from peers that is not S/MIME encrypted (switch off only for a transition period).",
+        example=True,
+        default=True,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it was read from."""
@@ -186,6 +321,9 @@ class Config:
     pki: PkiConfig
     dkim: DkimConfig
     source: Path
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     @property
     def crl_url(self) -> str:
@@ -198,6 +336,14 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return self.base_dir / self.paths.data_dir
+
+    @property
+    def maildir(self) -> Path:
+        return self.base_dir / self.delivery.maildir
+
+    @property
+    def relay_endpoint(self) -> str:
+        return self.smtp.relay_endpoint or f"{self.operator.hostname}:{self.smtp.inbound_port}"
 
     @property
     def database_url(self) -> str:
@@ -215,6 +361,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "paths": PathsConfig,
     "pki": PkiConfig,
     "dkim": DkimConfig,
+    "smtp": SmtpConfig,
+    "auth": AuthConfig,
+    "delivery": DeliveryConfig,
 }
 
 
@@ -280,7 +429,11 @@ def _load_section(path: Path, name: str, cls: type[Any], raw: Any, environ: Mapp
 
 def _convert(path: Path, where: str, f: dataclasses.Field[Any], value: Any) -> Any:
     expected = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if expected.startswith("tuple"):
+    if expected.startswith("tuple[int"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{path}: {where} must be a list of integers")
+        value = tuple(value)
+    elif expected.startswith("tuple"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {where} must be a list of strings")
         value = tuple(value)

@@ -11,17 +11,25 @@ The tree (each class carries a message an operator can act on; the CLI prints it
     │   ├── EntryExists        an entry already has this address
     │   └── InvalidTransition  a status change the lifecycle forbids (revoked is final)
     ├── ImportFormatError      an import file cannot be read at all (unknown format, wrong header, not UTF-8)
-    └── CryptoError            a cryptographic operation was refused
-        ├── KeyStoreError      the master secret or a stored key is missing, unreadable or exposed
-        ├── CertificateError   a certificate cannot be issued, renewed, revoked or imported
-        ├── SignatureError     a message is not S/MIME, cannot be parsed, decrypted or verified
-        └── TrustError         a trust bundle is refused (bad signature, unconfirmed CA, foreign domains)
+    ├── CryptoError            a cryptographic operation was refused
+    │   ├── KeyStoreError      the master secret or a stored key is missing, unreadable or exposed
+    │   ├── CertificateError   a certificate cannot be issued, renewed, revoked or imported
+    │   ├── SignatureError     a message is not S/MIME, cannot be parsed, decrypted or verified
+    │   └── TrustError         a trust bundle is refused (bad signature, unconfirmed CA, foreign domains)
+    ├── Refused                the relay refuses a command or a message: carries the SMTP reply to send and the
+    │                          precise reason for the log (which the peer never sees)
+    └── QueueError             a queue operation was refused (unknown queue id, nothing to retry)
 
 Anything else that escapes is a bug: the CLI reports it as an internal error in one line (full traceback with
-``--debug``). The SMTP side (issue 4) adds an exception that carries its SMTP reply.
+``--debug``); the SMTP servers answer ``451 4.3.0`` and log it with its stack.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mssecure.smtp.replies import Reply
 
 
 class MssecureError(Exception):
@@ -78,3 +86,16 @@ class SignatureError(CryptoError):
 
 class TrustError(CryptoError):
     """A trust bundle is refused, or a trust-space operation is not possible."""
+
+
+class Refused(MssecureError):
+    """The relay refuses: ``reply`` goes to the SMTP client or peer, ``reason`` (precise) to the log only."""
+
+    def __init__(self, reply: Reply, reason: str | None = None) -> None:
+        super().__init__(reason or reply.text)
+        self.reply = reply
+        self.reason = reason or reply.text
+
+
+class QueueError(MssecureError):
+    """A queue operation was refused (unknown queue id, a message in a state that does not allow it)."""

@@ -3,5 +3,17 @@
 from mssecure.crypto.models import CertificateRecord, TrustedOperator
 from mssecure.db import Base
 from mssecure.directory.models import Entry, EntryChange
+from mssecure.smtp.models import Delegation, Mailbox, QueuedMessage, QueuedRecipient, Tracking
 
-__all__ = ["Base", "CertificateRecord", "Entry", "EntryChange", "TrustedOperator"]
+__all__ = [
+    "Base",
+    "CertificateRecord",
+    "Delegation",
+    "Entry",
+    "EntryChange",
+    "Mailbox",
+    "QueuedMessage",
+    "QueuedRecipient",
+    "Tracking",
+    "TrustedOperator",
+]

@@ -87,12 +87,16 @@ def main(ctx: click.Context, config_path: str | None, actor: str | None, debug: 
 
 
 def _register() -> None:
-    from mssecure.cli import admin, certs, demo, directory, smime, trust
+    from mssecure.cli import admin, certs, demo, directory, mailbox, queue, serve, smime, trust
 
     main.add_command(admin.init)
     main.add_command(admin.db)
     main.add_command(admin.config)
     main.add_command(directory.directory)
+    for command in mailbox.COMMANDS:
+        directory.directory.add_command(command)
+    main.add_command(queue.queue)
+    main.add_command(serve.serve)
     main.add_command(certs.certs)
     main.add_command(smime.smime_group)
     main.add_command(trust.trust)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mssecure.config import (
     validate_domain,
 )
 from mssecure.crypto.authority import OperatorMaterial
+from mssecure.crypto.keys import create_private_file
 from mssecure.crypto.pki import fingerprint
 from mssecure.db import check_schema, display_url, has_schema, make_engine, upgrade_schema, utcnow
 from mssecure.errors import ConfigError, DatabaseError
@@ -61,6 +63,12 @@ def _domains(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The private key (unencrypted PEM) of --ca-cert; it is stored encrypted under the master secret.",
 )
+@click.option(
+    "--ports-base",
+    type=click.IntRange(1024, 65535 - 587),
+    help="Listen on 127.0.0.1 at unprivileged ports N+25 (inbound), N+587 (submission) and N+465 (implicit TLS), "
+    "and publish 127.0.0.1:N+25 as the relay endpoint: for tests and demos on one machine.",
+)
 def init(
     directory: Path,
     domain: str,
@@ -69,6 +77,7 @@ def init(
     database_url: str | None,
     ca_cert: Path | None,
     ca_key: Path | None,
+    ports_base: int | None,
 ) -> None:
     """Create an operator in DIRECTORY: a commented mssecure.toml, an initialised database, and the operator's
     PKI (CA, TLS certificate, DKIM and archive keys, encrypted under a master secret).
@@ -79,8 +88,9 @@ def init(
         raise click.UsageError("--ca-cert and --ca-key go together")
     imported_ca = (ca_cert.read_bytes(), ca_key.read_bytes()) if ca_cert and ca_key else None
     config_file = directory / CONFIG_FILENAME
-    if config_file.exists():
-        raise ConfigError(f"{config_file} already exists: refusing to overwrite an operator's configuration")
+    refusal = f"{config_file} already exists: refusing to overwrite an operator's configuration"
+    if os.path.lexists(config_file):
+        raise ConfigError(refusal)
     values: dict[str, dict[str, Any]] = {
         "operator": {
             "domain": domain,
@@ -90,15 +100,26 @@ def init(
         "database": {"url": database_url or DatabaseConfig.url},
         "paths": {"data_dir": "data"},
     }
+    if ports_base is not None:
+        values["smtp"] = {
+            "listen": "127.0.0.1",
+            "inbound_port": ports_base + 25,
+            "submission_port": ports_base + 587,
+            "submissions_port": ports_base + 465,
+            "relay_endpoint": f"127.0.0.1:{ports_base + 25}",
+        }
     text = render_config(values)
     created_dir = not directory.exists()
     created: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        # Validate the file as it will be written before creating anything else.
-        config_file.write_text(text, encoding="utf-8")
+        # Validate the file as it will be written before creating anything else. It may hold a database password:
+        # created 0600 from the start, and never through something already there (a symbolic link, say).
+        try:
+            create_private_file(config_file, text.encode("utf-8"))
+        except FileExistsError:
+            raise ConfigError(refusal) from None
         created.append(config_file)
-        config_file.chmod(0o600)
         cfg = load_config(config_file, environ={})
         _create_database(cfg, created)
         data_dir = cfg.data_dir
@@ -131,17 +152,22 @@ def init(
 def _create_database(cfg: Config, created: list[Path]) -> None:
     url = cfg.database_url
     sqlite_file = _sqlite_file(url)
-    if sqlite_file is not None and sqlite_file.exists():
-        raise DatabaseError(f"{sqlite_file} already exists: refusing to reuse another operator's database")
+    if sqlite_file is not None:
+        # An empty file is an empty SQLite database; created 0600 first, SQLite gives its -wal and -shm files the
+        # same mode.
+        try:
+            create_private_file(sqlite_file, b"")
+        except FileExistsError:
+            refusal = f"{sqlite_file} already exists: refusing to reuse another operator's database"
+            raise DatabaseError(refusal) from None
+        except FileNotFoundError:
+            raise DatabaseError(f"cannot create {sqlite_file}: its directory does not exist") from None
+        created.extend(sqlite_file.with_name(sqlite_file.name + s) for s in ("", "-wal", "-shm"))
     engine = make_engine(url)
     try:
-        if sqlite_file is not None:
-            created.extend(sqlite_file.with_name(sqlite_file.name + s) for s in ("", "-wal", "-shm"))
-        elif has_schema(engine):
+        if sqlite_file is None and has_schema(engine):
             raise DatabaseError(f"database {display_url(url)} already holds an mssecure schema: refusing to reuse it")
         upgrade_schema(engine)
-        if sqlite_file is not None:
-            sqlite_file.chmod(0o600)  # SQLite gives its -wal and -shm files the same mode
     finally:
         engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ __all__ = ["certs"]
 pass_cli = click.make_pass_decorator(CliContext)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 _REASONS = [r for r in REVOCATION_REASONS if r != "certificateHold"]
+_KEY_TYPE_HELP = (
+    "rsa: RSA-2048, signs and receives encrypted mail. p256: ECDSA P-256, signs only: mssecure (and any sender "
+    "limited to RSA key transport) cannot encrypt mail to it, so give p256 only to addresses that never receive "
+    "encrypted mail."
+)
+_P256_NOTE = (
+    "Note: a P-256 certificate can sign, but mssecure cannot encrypt mail to it (RSA recipients only); "
+    "`mssecure certs renew {address} --key-type rsa` if this address must receive encrypted mail."
+)
 
 
 def record_json(record: CertificateRecord, *, pem: bool = False) -> dict[str, Any]:
@@ -58,7 +68,7 @@ def certs() -> None:
 
 @certs.command("issue")
 @click.argument("address")
-@click.option("--key-type", type=click.Choice(["rsa", "p256"]), default="rsa", show_default=True)
+@click.option("--key-type", type=click.Choice(["rsa", "p256"]), default="rsa", show_default=True, help=_KEY_TYPE_HELP)
 @click.option("--days", type=click.IntRange(1, 3650), help="Validity (default: pki.smime_validity_days).")
 @json_option
 @pass_cli
@@ -73,6 +83,8 @@ def issue(cli: CliContext, address: str, key_type: str, days: int | None, as_jso
         click.echo(
             f"Issued certificate {result['serial']} to {result['address']}, valid until {result['not_after']:%Y-%m-%d}."
         )
+        if key_type == "p256":
+            click.echo(_P256_NOTE.format(address=result["address"]), err=True)
 
 
 @certs.command("list")
@@ -96,12 +108,13 @@ def list_(cli: CliContext, address: str | None, status: str | None, expiring_wit
 
 
 @certs.command("show")
-@click.argument("serial_or_address")
+@click.argument("serial_or_address", metavar="SERIAL|ADDRESS|FINGERPRINT")
 @click.option("--pem", is_flag=True, help="Print the certificate itself (PEM).")
 @json_option
 @pass_cli
 def show(cli: CliContext, serial_or_address: str, pem: bool, as_json: bool) -> None:
-    """Show the certificate SERIAL, or the newest certificate of ADDRESS."""
+    """Show the certificate SERIAL (refused when certificates of several issuers share it) or FINGERPRINT (SHA-256),
+    or the newest certificate of ADDRESS."""
     with cli.session() as session:
         record = cli.certificates(session).find(serial_or_address)[0]
         values = record_json(record, pem=pem or as_json)
@@ -117,7 +130,9 @@ def show(cli: CliContext, serial_or_address: str, pem: bool, as_json: bool) -> N
 
 @certs.command("renew")
 @click.argument("address")
-@click.option("--key-type", type=click.Choice(["rsa", "p256"]), help="Default: as the previous certificate.")
+@click.option(
+    "--key-type", type=click.Choice(["rsa", "p256"]), help=f"Default: as the previous certificate. {_KEY_TYPE_HELP}"
+)
 @json_option
 @pass_cli
 def renew(cli: CliContext, address: str, key_type: str | None, as_json: bool) -> None:
@@ -129,19 +144,27 @@ def renew(cli: CliContext, address: str, key_type: str | None, as_json: bool) ->
         echo_json({"new": new, "superseded": superseded})
     else:
         click.echo(f"Issued {new['serial']}; superseded: {', '.join(superseded) or 'none'}.")
+        if new["key_type"] == "p256":
+            click.echo(_P256_NOTE.format(address=new["address"]), err=True)
 
 
 @certs.command("revoke")
 @click.argument("address", required=False)
-@click.option("--serial", help="Revoke this certificate only.")
+@click.option("--serial", help="Revoke this certificate only (hex serial number).")
+@click.option("--fingerprint", help="Revoke this certificate only (SHA-256 fingerprint, when a serial is ambiguous).")
 @click.option("--reason", type=click.Choice(_REASONS), required=True)
 @pass_cli
-def revoke(cli: CliContext, address: str | None, serial: str | None, reason: str) -> None:
-    """Revoke every certificate of ADDRESS, or one by --serial; the CRL is republished."""
-    if bool(address) == bool(serial):
-        raise click.UsageError("give either ADDRESS or --serial")
+def revoke(cli: CliContext, address: str | None, serial: str | None, fingerprint: str | None, reason: str) -> None:
+    """Revoke every certificate of ADDRESS, or one by --serial or --fingerprint; the CRL is republished."""
+    given = [value for value in (address, serial, fingerprint) if value]
+    if len(given) != 1:
+        raise click.UsageError("give one of ADDRESS, --serial or --fingerprint")
+    if serial and "@" in serial:
+        raise click.UsageError("--serial takes a serial number, not an address")
+    if fingerprint and not re.fullmatch(r"[0-9A-Fa-f]{64}", fingerprint.replace(":", "").replace(" ", "")):
+        raise click.UsageError("--fingerprint takes a SHA-256 fingerprint (64 hex digits, colons allowed)")
     with cli.session() as session:
-        records = cli.certificates(session).revoke(address or serial or "", reason=reason)
+        records = cli.certificates(session).revoke(given[0], reason=reason)
         serials = [r.serial for r in records]
     click.echo(f"Revoked {', '.join(serials)} ({reason}); CRL republished.")
 

@@ -7,9 +7,15 @@ commands. Everything lives in a fresh directory that is kept afterwards for expl
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import smtplib
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -20,15 +26,19 @@ from mssecure.errors import MssecureError
 __all__ = ["demo"]
 
 DOMAIN = "chu-nord.mssante.test"
+PEER = "pharma-sud.mssante.test"
+DOCTOR = f"camille.lefevre@{DOMAIN}"
+PHARMACY = f"pharmacie.du-marche@{PEER}"
 # Invented, with valid check digits.
 DOCTOR_RPPS = "1010001000" + luhn_check_digit("1010001000")
 PHARMACY_FINESS = "59000001" + luhn_check_digit("59000001")
+DEMO_PASSWORD = "demo password, not for production"  # noqa: S105 - the demo's invented doctor
 PRESCRIPTION = (
-    f"From: Dr Camille LEFEVRE <camille.lefevre@{DOMAIN}>\r\n"
-    f"To: Pharmacie du Marche <pharmacie.du-marche@{DOMAIN}>\r\n"
+    f"From: Dr Camille LEFEVRE <{DOCTOR}>\r\n"
+    f"To: Pharmacie du Marche <{PHARMACY}>\r\n"
     "Subject: Ordonnance DUPONT Jean 01/02/1950\r\n"
-    "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
-    f"Message-ID: <prescription-1@{DOMAIN}>\r\n"
+    f"Disposition-Notification-To: {DOCTOR}\r\n"
+    "Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true\r\n"
     "MIME-Version: 1.0\r\n"
     "Content-Type: text/plain; charset=utf-8\r\n"
     "Content-Transfer-Encoding: 8bit\r\n"
@@ -49,6 +59,59 @@ def _run(args: list[str], env: dict[str, str]) -> None:
         raise MssecureError(f"demo step failed (exit {result.returncode}): mssecure {' '.join(args)}")
 
 
+def _free_bases(count: int) -> list[int]:
+    """Port bases N whose N+25, N+465 and N+587 are free on 127.0.0.1."""
+    found: list[int] = []
+    for base in range(20000 + secrets.randbelow(20000), 64000, 1000):
+        try:
+            for offset in (25, 465, 587):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        found.append(base)
+        if len(found) == count:
+            return found
+    raise MssecureError("no free loopback ports for the demo relays")
+
+
+def _exchange_bundles(workdir: Path, *operators: tuple[Path, dict[str, str]]) -> None:
+    for (directory, env), (_, other_env) in (operators, operators[::-1]):
+        bundle = workdir / f"{directory.name}.bundle"
+        click.secho(f"$ mssecure trust export --out {bundle.name}   # at {directory.name}", fg="cyan")
+        exported = subprocess.run([sys.executable, "-m", "mssecure", "trust", "export", "--out", str(bundle)],
+                                  env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        if exported.returncode != 0:
+            raise MssecureError(f"trust export failed: {exported.stderr.strip()}")
+        fingerprint = exported.stdout.split("--fingerprint", 1)[1].split()[0]
+        _run(["trust", "import", str(bundle), "--fingerprint", fingerprint], other_env)
+
+
+def _start(directory: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = directory / "serve.log"
+    click.secho(f"$ mssecure serve   # at {directory.name}, logging to {log}", fg="cyan")
+    with log.open("ab") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "mssecure", "serve"], env=env, stdout=stream,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while b"ready (" not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise MssecureError(f"the relay of {directory.name} did not start; see {log}")
+        time.sleep(0.1)
+    return process
+
+
+def _wait_for(maildir: Path, count: int, timeout: float = 60) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted((maildir / "new").glob("*")) if (maildir / "new").is_dir() else []
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise MssecureError(f"nothing arrived in {maildir} within {timeout:.0f} s")
+
+
 def _quote(arg: str) -> str:
     return f"'{arg}'" if not arg or any(c in arg for c in " '\"$&|;<>()") else arg
 
@@ -62,13 +125,16 @@ def _quote(arg: str) -> str:
 )
 @click.option("--lines", type=click.IntRange(min=10), default=2000, show_default=True, help="Size of the extraction.")
 def demo(workdir: Path | None, lines: int) -> None:
-    """Run the demo: set up an operator and its PKI, import a national directory, certify a doctor and a
-    pharmacy, and send a signed, encrypted e-prescription from one to the other."""
+    """Run the demo: set up an operator and its PKI, import a national directory, certify a doctor; set up a
+    second operator with a pharmacy; start both relays and send a signed, encrypted e-prescription from the doctor
+    to the pharmacy, with its acknowledgment."""
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="mssecure-demo-"))
     elif workdir.exists() and any(workdir.iterdir()):
         raise MssecureError(f"{workdir} is not empty: choose a new directory for the demo")
     operator = workdir / "chu-nord"
+    peer = workdir / "pharma-sud"
+    bases = _free_bases(2)
     extraction = workdir / "extraction-correspondance-mssante.txt"
     env = {
         **os.environ,
@@ -76,10 +142,11 @@ def demo(workdir: Path | None, lines: int) -> None:
         "MSSECURE_ACTOR": "demo-operator",
     }
     env.pop("MSSECURE_DATABASE_URL", None)
+    peer_env = {**env, "MSSECURE_CONFIG": str(peer / "mssecure.toml")}
     click.secho(f"mssecure demo in {workdir}", bold=True)
 
     _title("1. Set up the operator (SQLite database, embedded defaults)")
-    _run(["init", str(operator), "--domain", DOMAIN], env)
+    _run(["init", str(operator), "--domain", DOMAIN, "--ports-base", str(bases[0])], env)
     click.echo(f"(the following commands find it through MSSECURE_CONFIG={env['MSSECURE_CONFIG']})")
 
     _title("2. Import the national directory extraction (synthetic: invented people, a few malformed lines)")
@@ -89,17 +156,13 @@ def demo(workdir: Path | None, lines: int) -> None:
     _title("3. Import it again: the import is idempotent, nothing changes")
     _run(["directory", "import", str(extraction)], env)
 
-    _title("4. Our own certified addresses, a doctor and a pharmacy, with their S/MIME certificates")
+    _title("4. Our own certified address, a doctor, with an S/MIME certificate")
     _run(["directory", "add", f"camille.lefevre@{DOMAIN}", "--kind", "personal", "--rpps", DOCTOR_RPPS,
           "--civility", "DR", "--last-name", "LEFÈVRE", "--first-name", "Camille", "--profession", "10",
           "--specialty", "SM53", "--specialty-label", "Spécialiste en Médecine Générale",
           "--organization", "CHU Nord", "--reason", "new prescriber"], env)  # fmt: skip
-    _run(["directory", "add", f"pharmacie.du-marche@{DOMAIN}", "--kind", "organizational", "--finess",
-          PHARMACY_FINESS, "--organization", "Pharmacie du Marché", "--service", "Officine",
-          "--department", "59"], env)  # fmt: skip
     _run(["directory", "list", "--local", "--limit", "8"], env)
     _run(["certs", "issue", f"camille.lefevre@{DOMAIN}"], env)
-    _run(["certs", "issue", f"pharmacie.du-marche@{DOMAIN}"], env)
 
     _title("5. Search ignores case and accents: 'lefevre' finds 'LEFÈVRE'")
     _run(["directory", "search", "lefevre", "camille", "--limit", "5"], env)
@@ -108,19 +171,51 @@ def demo(workdir: Path | None, lines: int) -> None:
     _run(["directory", "suspend", f"camille.lefevre@{DOMAIN}", "--reason", "card reported lost"], env)
     _run(["directory", "reactivate", f"camille.lefevre@{DOMAIN}", "--reason", "new card issued"], env)
     _run(["directory", "history", f"camille.lefevre@{DOMAIN}"], env)
-    _run(["directory", "show", f"pharmacie.du-marche@{DOMAIN}"], env)
+    _run(["directory", "show", DOCTOR], env)
     _run(["certs", "list"], env)
 
-    _title("7. An e-prescription, signed by the doctor and encrypted to the pharmacy (S/MIME)")
-    prescription = workdir / "prescription.eml"
-    prescription.write_bytes(PRESCRIPTION)
-    signed, wire, clear = (workdir / name for name in ("signed.eml", "encrypted.eml", "decrypted.eml"))
-    _run(["smime", "sign", "--as", f"camille.lefevre@{DOMAIN}", str(prescription), str(signed)], env)
-    _run(["smime", "encrypt", "--to", f"pharmacie.du-marche@{DOMAIN}", str(signed), str(wire)], env)
-    click.echo(f"What travels ({wire.name}): no subject, no patient name, only an encrypted blob:")
-    click.echo("".join(f"    {line}\n" for line in wire.read_text().splitlines()[:11]) + "    ...")
-    _run(["smime", "decrypt", "--as", f"pharmacie.du-marche@{DOMAIN}", str(wire), str(clear)], env)
-    _run(["smime", "verify", str(clear)], env)
+    _title("7. A second operator, pharma-sud, with a pharmacy; each trusts the other's signed bundle")
+    _run(["init", str(peer), "--domain", PEER, "--ports-base", str(bases[1])], peer_env)
+    _run(["directory", "add", PHARMACY, "--kind", "organizational", "--finess", PHARMACY_FINESS,
+          "--organization", "Pharmacie du Marché", "--service", "Officine", "--department", "59"],
+         peer_env)  # fmt: skip
+    _run(["certs", "issue", PHARMACY], peer_env)
+    _exchange_bundles(workdir, (operator, env), (peer, peer_env))
+
+    _title("8. Both relays start (mssecure serve); the doctor's mail client submits the prescription")
+    password_file = workdir / "doctor.password"
+    password_file.write_text(DEMO_PASSWORD + "\n", encoding="utf-8")
+    _run(["directory", "set-password", DOCTOR, "--password-file", str(password_file)], env)
+    relays = [_start(operator, env), _start(peer, peer_env)]
+    try:
+        port = bases[0] + 587
+        click.secho(f"$ (mail client) STARTTLS + AUTH to 127.0.0.1:{port} as {DOCTOR}", fg="cyan")
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            context = ssl.create_default_context(cafile=operator / "data" / "pki" / "ca.crt")
+            context.check_hostname = False  # the demo connects to 127.0.0.1, the certificate names mail.<domain>
+            client.starttls(context=context)
+            client.login(DOCTOR, DEMO_PASSWORD)
+            client.sendmail(DOCTOR, [PHARMACY], PRESCRIPTION)
+        click.echo("  250: the relay signed it with the doctor's key, encrypted it to the pharmacy, DKIM-signed it,")
+        click.echo("  stored it durably, and is relaying it to pharma-sud over mutual TLS.")
+
+        _title("9. In the pharmacy's mailbox: decrypted, still signed, with the verified prescriber")
+        delivered = _wait_for(peer / "data" / "mail" / PEER / "pharmacie.du-marche", 1)[0]
+        for line in delivered.read_text(encoding="utf-8").splitlines()[:8]:
+            click.echo(f"    {line}")
+        _run(["smime", "verify", str(delivered)], peer_env)
+
+        _title("10. The doctor's mailbox: the pharmacy's acknowledgment (MDN, signed by the pharmacy)")
+        mdn = _wait_for(operator / "data" / "mail" / DOMAIN / "camille.lefevre", 1)[0]
+        for line in mdn.read_text(encoding="utf-8").splitlines():
+            if line.startswith(("Subject:", "Disposition:", "Final-Recipient:", "\tsmime=")):
+                click.echo(f"    {line}")
+        _run(["queue", "list"], env)
+    finally:
+        for relay in relays:
+            relay.send_signal(signal.SIGTERM)
+        for relay in relays:
+            relay.wait(timeout=30)
 
     click.echo()
     click.secho("Demo complete.", bold=True)

@@ -30,6 +30,14 @@ def _read(stream: IO[bytes]) -> bytes:
     return data
 
 
+def _keys(cli: CliContext, address: str, *, every: bool) -> list[tuple[x509.Certificate, Any]]:
+    """ADDRESS's certificate and private key: the current one (to sign), or ``every`` one it ever had, newest first
+    (to decrypt: mail encrypted to a superseded or revoked certificate stays readable)."""
+    with cli.session() as session:
+        service = cli.certificates(session)
+        return service.decryption_keys(address) if every else [service.signing_key(address)]
+
+
 @click.group("smime")
 def smime_group() -> None:
     """S/MIME by hand: what the relay does to every message."""
@@ -43,12 +51,8 @@ def smime_group() -> None:
 def sign(cli: CliContext, address: str, infile: IO[bytes], outfile: IO[bytes]) -> None:
     """Wrap the message IN as message/rfc822 and sign it (detached, SHA-256) into OUT."""
     message = _read(infile)
-    with cli.session() as session:
-        service = cli.certificates(session)
-        record = service.current(address)
-        certificate = x509.load_pem_x509_certificate(record.certificate_pem.encode())
-        signed = smime.sign(message, certificate, service.key_of(record), chain=[cli.material.ca_certificate()])
-    outfile.write(signed)
+    ((certificate, key),) = _keys(cli, address, every=False)
+    outfile.write(smime.sign(message, certificate, key, chain=[cli.material.ca_certificate()]))
 
 
 @smime_group.command("encrypt")
@@ -73,9 +77,7 @@ def encrypt(cli: CliContext, recipients: tuple[str, ...], infile: IO[bytes], out
 def decrypt(cli: CliContext, address: str, infile: IO[bytes], outfile: IO[bytes]) -> None:
     """Decrypt the message IN with ADDRESS's keys into OUT (the decrypted MIME entity)."""
     message = _read(infile)
-    with cli.session() as session:
-        pairs = cli.certificates(session).decryption_keys(address)
-    for certificate, key in pairs:
+    for certificate, key in _keys(cli, address, every=True):
         try:
             outfile.write(smime.decrypt(message, certificate, key))
             return

@@ -12,13 +12,14 @@ from mssecure.cli._output import echo_json, echo_table
 from mssecure.crypto.keys import write_private_file
 from mssecure.crypto.models import TrustedOperator
 from mssecure.crypto.pki import fingerprint
-from mssecure.crypto.trust import TrustSpace, export_bundle, read_bundle
+from mssecure.crypto.trust import DEFAULT_MAX_BUNDLE, TrustSpace, export_bundle, read_bundle
 from mssecure.db import utcnow
 from mssecure.errors import TrustError
 
 __all__ = ["trust"]
 
 pass_cli = click.make_pass_decorator(CliContext)
+_MIB = 1024 * 1024
 
 
 def operator_json(operator: TrustedOperator) -> dict[str, Any]:
@@ -63,11 +64,22 @@ def export(cli: CliContext, out: Path) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--fingerprint", "confirmed", required=True, help="The peer CA's SHA-256 fingerprint, confirmed with it.")
 @click.option("--replace-ca", is_flag=True, help="Accept a new CA for a peer already trusted (confirm it first).")
+@click.option(
+    "--max-size",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_MAX_BUNDLE // _MIB,
+    show_default=True,
+    metavar="MIB",
+    help="Refuse a larger bundle. A national directory with its certificates may need 2048 (and as much memory).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_cli
-def import_(cli: CliContext, file: Path, confirmed: str, replace_ca: bool, as_json: bool) -> None:
+def import_(cli: CliContext, file: Path, confirmed: str, replace_ca: bool, max_size: int, as_json: bool) -> None:
     """Verify a peer's trust bundle and (re)place its domains, CA, DKIM key and directory."""
-    bundle = read_bundle(file.read_bytes(), confirmed_fingerprint=confirmed, now=utcnow())
+    limit = max_size * _MIB
+    with file.open("rb") as stream:
+        data = stream.read(limit + 1)  # never more: read_bundle refuses it, naming the limit
+    bundle = read_bundle(data, confirmed_fingerprint=confirmed, now=utcnow(), max_size=limit)
     with cli.session() as session:
         outcome = _space(cli, session).import_bundle(bundle, replace_ca=replace_ca)
         result = {"operator": operator_json(outcome.operator), "directory": outcome.directory.to_json(),

@@ -16,6 +16,7 @@ and decrypt for any local address.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +53,8 @@ from mssecure.directory.records import Status
 from mssecure.errors import CertificateError, KeyStoreError
 
 __all__ = ["CertificateService", "OperatorMaterial"]
+
+_FINGERPRINT = re.compile(r"[0-9A-F]{64}")  # SHA-256; a serial has at most 40 hex digits (RFC 5280 §4.1.2.2)
 
 
 class OperatorMaterial:
@@ -233,14 +236,30 @@ class CertificateService:
         yield from self.session.scalars(query)
 
     def find(self, serial_or_address: str) -> list[CertificateRecord]:
-        """The certificates of an address (newest first), or the one with this serial number."""
+        """The certificates of an address (newest first), or the one with this serial number (hex, colons allowed)
+        or this SHA-256 fingerprint (64 hex digits). A serial is unique per issuer only (RFC 5280 §4.1.2.2): when
+        certificates of several issuers have it, the lookup is refused and names them by fingerprint."""
         key = serial_or_address.strip()
         if "@" in key:
             found = list(self.records(address=key))
             found.reverse()
         else:
-            serial = key.upper().replace(":", "").lstrip("0") or "0"
-            found = list(self.session.scalars(sa.select(CertificateRecord).where(CertificateRecord.serial == serial)))
+            compact = key.upper().replace(":", "").replace(" ", "")
+            found = []
+            if _FINGERPRINT.fullmatch(compact):
+                colons = ":".join(compact[i : i + 2] for i in range(0, len(compact), 2))
+                by_fingerprint = sa.select(CertificateRecord).where(CertificateRecord.fingerprint == colons)
+                found = list(self.session.scalars(by_fingerprint))
+            if not found:
+                serial = compact.lstrip("0") or "0"
+                query = sa.select(CertificateRecord).where(CertificateRecord.serial == serial)
+                found = list(self.session.scalars(query.order_by(CertificateRecord.issuer)))
+                if len(found) > 1:
+                    which = "; ".join(f"{r.fingerprint} issued by {r.issuer} to {r.address}" for r in found)
+                    raise CertificateError(
+                        f"serial {serial} is ambiguous: {len(found)} certificates of different issuers have it "
+                        f"({which}); name one by its SHA-256 fingerprint"
+                    )
         if not found:
             raise CertificateError(f"no certificate for {serial_or_address}")
         return found
@@ -258,17 +277,21 @@ class CertificateService:
         now = self.clock()
         for record in self.find(address):
             if record.status == "valid" and record.not_before <= now <= record.not_after:
-                return x509.load_pem_x509_certificate(record.certificate_pem.encode())
+                return _certificate_of(record)
         raise CertificateError(f"{address} has no valid certificate to encrypt to")
+
+    def credential(self, record: CertificateRecord) -> tuple[x509.Certificate, Any]:
+        """The record's certificate and its private key, decrypted under the master secret."""
+        return _certificate_of(record), self.key_of(record)
+
+    def signing_key(self, address: str) -> tuple[x509.Certificate, Any]:
+        """The certificate and key ``address`` signs with: its current ones (see ``current``)."""
+        return self.credential(self.current(address))
 
     def decryption_keys(self, address: str) -> list[tuple[x509.Certificate, Any]]:
         """Every (certificate, key) of ``address`` that may have been encrypted to, newest first (revoked ones
         too: mail encrypted before a revocation must stay readable)."""
-        pairs = [
-            (x509.load_pem_x509_certificate(r.certificate_pem.encode()), self.key_of(r))
-            for r in self.find(address)
-            if r.private_key_pem is not None
-        ]
+        pairs = [self.credential(r) for r in self.find(address) if r.private_key_pem is not None]
         if not pairs:
             raise CertificateError(f"{address} has no private key here")
         return pairs
@@ -351,10 +374,11 @@ class CertificateService:
             .hmac_hash(hashes.SHA256())
             .build(password)
         )
+        certificate, key = self.credential(record)
         return pkcs12.serialize_key_and_certificates(
-            record.address.encode(),
-            self.key_of(record),
-            x509.load_pem_x509_certificate(record.certificate_pem.encode()),
-            [self.material.ca_certificate()],
-            encryption,
+            record.address.encode(), key, certificate, [self.material.ca_certificate()], encryption
         )
+
+
+def _certificate_of(record: CertificateRecord) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(record.certificate_pem.encode())

@@ -66,7 +66,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from mssecure.errors import SignatureError
 
-__all__ = ["LEGACY", "STRICT", "SignerResult", "VerificationPolicy", "encapsulated_content", "verify_signed_data"]
+__all__ = [
+    "LEGACY",
+    "STRICT",
+    "SignerResult",
+    "VerificationPolicy",
+    "embedded_certificates",
+    "encapsulated_content",
+    "validate_certificate",
+    "verify_signed_data",
+]
 
 # What cryptography raises on a certificate whose extensions are malformed (some only when they are read).
 _MALFORMED_EXTENSIONS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
@@ -166,7 +175,13 @@ def encapsulated_content(signed_data: bytes) -> bytes:
     return econtent
 
 
-def _validate_certificate(
+def embedded_certificates(signed_data: bytes) -> tuple[x509.Certificate, ...]:
+    """The X.509 certificates a ContentInfo(SignedData) carries (malformed ones left out), without verifying
+    anything; raises ``mssecure.errors.SignatureError`` if it is not a SignedData."""
+    return tuple(c.certificate for c in _parse(signed_data).certificates)
+
+
+def validate_certificate(
     certificate: x509.Certificate,
     *,
     anchors: Sequence[x509.Certificate],
@@ -176,8 +191,9 @@ def _validate_certificate(
     policy: VerificationPolicy = STRICT,
     signing_time: datetime | None = None,
 ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
-    """The path validation of a signer's certificate alone: (chain, reasons), as in a SignerResult. Private for
-    now (its tests use it with the Direct Project CRL vectors, whose certificates have no published keys)."""
+    """The path validation of a certificate alone, as of a signer's: (chain, reasons), as in a SignerResult — the
+    chain to an anchor, validity, key sizes and hashes, CA constraints, revocation (``crls``), and the key usage a
+    signature needs (digitalSignature or nonRepudiation; emailProtection if ``policy`` requires it)."""
     context = _Context(
         content=b"",
         content_type=_ID_DATA,

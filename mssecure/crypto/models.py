@@ -13,16 +13,20 @@ __all__ = ["CertificateRecord", "TrustedOperator"]
 
 
 class CertificateRecord(Base):
-    """One certificate bound to a directory address. ``status``: valid, hold (suspended), revoked."""
+    """One certificate bound to a directory address. ``status``: valid, hold (suspended), revoked.
+
+    A certificate is identified by its issuer and serial number together (RFC 5280 §4.1.2.2: a serial is unique per
+    CA only): peers' certificates, or ours after a change of CA, may share a serial with one of ours."""
 
     __tablename__ = "certificates"
     __table_args__ = (
+        sa.UniqueConstraint("issuer", "serial", name="uq_certificates_issuer_serial"),
         sa.CheckConstraint("status IN ('valid', 'hold', 'revoked')", name="ck_certificate_status"),
         sa.CheckConstraint("purpose IN ('smime', 'tls')", name="ck_certificate_purpose"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    serial: Mapped[str] = mapped_column(sa.String(64), unique=True)  # hex, uppercase
+    serial: Mapped[str] = mapped_column(sa.String(64), index=True)  # hex, uppercase, no leading zero
     issuer: Mapped[str] = mapped_column(sa.String(500))  # RFC 4514
     address: Mapped[str] = mapped_column(sa.String(254), index=True)
     purpose: Mapped[str] = mapped_column(sa.String(8))

@@ -5,7 +5,8 @@
   headers carry only what transport needs (From, To, Cc, Date, Message-ID): never the Subject, which may name a
   patient.
 - **encrypt**: ``application/pkcs7-mime; smime-type=enveloped-data`` (RFC 8551 §3.3), AES-256-CBC, one
-  RecipientInfo per recipient certificate (RSA key transport).
+  RecipientInfo per recipient certificate (RSA key transport; an EC certificate is refused: ECDH key agreement,
+  RFC 5753, is beyond ``cryptography``'s PKCS7EnvelopeBuilder).
 - **decrypt**: enveloped data with AES-128 or AES-256 (CBC), also under the legacy ``application/x-pkcs7-mime``,
   and authenticated enveloped data with AES-GCM (RFC 5083/5084).
 - **verify**: the first part's exact raw bytes (cut at the boundary, never re-serialised) against the detached
@@ -32,7 +33,7 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -137,8 +138,7 @@ def encrypt(message: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     entity = b"\r\n".join(entity_lines) + b"\r\n\r\n" + body
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity).set_content_encryption_algorithm(algorithms.AES256)
     for certificate in recipients:
-        if not isinstance(certificate.public_key(), rsa.RSAPublicKey):
-            raise SignatureError(f"cannot encrypt to {certificate.subject.rfc4514_string()}: not an RSA key")
+        _check_recipient(certificate)
         builder = builder.add_recipient(certificate)
     enveloped = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     outer = b"\r\n".join(_outer_lines(head))
@@ -150,6 +150,31 @@ def encrypt(message: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
         + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n'
         + _base64_lines(enveloped)
     )  # fmt: skip
+
+
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+def _check_recipient(certificate: x509.Certificate) -> None:
+    """Refuse, naming the recipient, a certificate whose key cannot receive a key by RSA transport. An EC key needs
+    CMS key agreement (KeyAgreeRecipientInfo, ECDH: RFC 5753), which ``PKCS7EnvelopeBuilder`` does not do (RSA
+    recipients only, as of cryptography 50) and which mssecure does not hand-write."""
+    key = certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        who = ", ".join(names.get_values_for_type(x509.RFC822Name)) or certificate.subject.rfc4514_string()
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        who = certificate.subject.rfc4514_string()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"an elliptic-curve key ({_CURVE_NAMES.get(key.curve.name, key.curve.name)})"
+    else:
+        kind = "a key that is not RSA"
+    raise SignatureError(
+        f"cannot encrypt to {who}: its certificate has {kind}, and mssecure encrypts to RSA certificates only "
+        "(EC recipients need ECDH key agreement, which is not supported); the recipient needs an RSA certificate"
+    )
 
 
 def _field_lines(head: bytes) -> list[bytes]:

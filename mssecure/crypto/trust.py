@@ -5,6 +5,12 @@ our DKIM public key, and our public directory (addresses, kinds, identities, S/M
 entries excluded). It is a JSON document inside a CMS SignedData signed with our relay's key (its certificate and
 our CA travel inside). Importing one checks the signature against the CA it presents *and* the CA fingerprint the
 operator confirmed out of band (``--fingerprint``, printed by ``trust export``) — a bundle alone proves nothing.
+The order matters: the CA is taken from the SignedData's certificates by that fingerprint and the signature verified
+against it before a byte of the JSON payload is parsed; the payload is then held to that CA (same CA certificate,
+CRL signed by it, signer the relay certificate of the host it names and not revoked by that CRL). A bundle larger
+than ``DEFAULT_MAX_BUNDLE`` (256 MiB) is refused unless the operator raises the limit (``trust import --max-size``).
+
+``check_relay_certificate`` is the relay's test of a peer relay's TLS certificate, the one a bundle's signer passes.
 
 Re-importing a peer's bundle replaces its directory: entries gone from the bundle are revoked here.
 """
@@ -12,12 +18,13 @@ Re-importing a peer's bundle replaces its directory: entries gone from the bundl
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from cryptography import x509
@@ -28,7 +35,13 @@ from sqlalchemy.orm import Session
 
 from mssecure.config import Config, validate_domain
 from mssecure.crypto.authority import OperatorMaterial
-from mssecure.crypto.cms import VerificationPolicy, encapsulated_content, verify_signed_data
+from mssecure.crypto.cms import (
+    VerificationPolicy,
+    embedded_certificates,
+    encapsulated_content,
+    validate_certificate,
+    verify_signed_data,
+)
 from mssecure.crypto.models import CertificateRecord, TrustedOperator
 from mssecure.crypto.pki import fingerprint, serial_hex
 from mssecure.db import utcnow
@@ -39,10 +52,24 @@ from mssecure.directory.records import DATA_FIELDS, EntryData, Status
 from mssecure.directory.service import Directory
 from mssecure.errors import InvalidEntry, MssecureError, TrustError
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "TrustSpace", "export_bundle", "read_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "DEFAULT_MAX_BUNDLE",
+    "Bundle",
+    "RelayRole",
+    "TrustSpace",
+    "check_relay_certificate",
+    "export_bundle",
+    "read_bundle",
+    "relay_certificate_problems",
+]
 
 BUNDLE_FORMAT = "mssecure-trust-bundle/1"
-_MAX_BUNDLE = 512 * 1024 * 1024
+_MIB = 1024 * 1024
+# An address with one RSA certificate takes ~2.5 KB of bundle (measured): 100,000 addresses fit in 256 MiB. A
+# national directory (~1-2 GiB) needs ``trust import --max-size`` and the memory to match (the bundle, its content
+# and the parsed JSON at once).
+DEFAULT_MAX_BUNDLE = 256 * _MIB
 # The bundle is signed by the relay's certificate (serverAuth/clientAuth), not an S/MIME one.
 _BUNDLE_POLICY = VerificationPolicy(require_email_protection=False)
 
@@ -101,7 +128,7 @@ def export_bundle(session: Session, config: Config, material: OperatorMaterial, 
             "domain": config.operator.domain,
             "domains": domains,
             "hostname": config.operator.hostname,
-            "relay": f"{config.operator.hostname}:25",
+            "relay": config.relay_endpoint,
         },
         "ca_certificates": [_pem(material.ca_certificate())],
         "crl": base64.b64encode(material.crl_path.read_bytes()).decode(),
@@ -123,41 +150,76 @@ def _normal_fingerprint(value: str) -> str:
     return value.replace(":", "").replace(" ", "").upper()
 
 
-def read_bundle(data: bytes, *, confirmed_fingerprint: str, now: datetime) -> Bundle:
-    """Verify and parse a trust bundle; every problem is a TrustError naming it."""
-    if len(data) > _MAX_BUNDLE:
-        raise TrustError("trust bundle too large")
+def read_bundle(
+    data: bytes, *, confirmed_fingerprint: str, now: datetime, max_size: int = DEFAULT_MAX_BUNDLE
+) -> Bundle:
+    """Verify, then parse a trust bundle; every problem is a TrustError naming it. The JSON payload is only parsed
+    once the signature verifies against the SignedData's CA certificate that has the confirmed fingerprint."""
+    if len(data) > max_size:
+        raise TrustError(
+            f"the trust bundle is larger than the limit of {_size(max_size)} "
+            "(`mssecure trust import --max-size` raises it)"
+        )
     try:
-        content = encapsulated_content(data)
-        payload = json.loads(content)
+        presented = embedded_certificates(data)
     except MssecureError:
         raise TrustError("not a trust bundle (expected a CMS SignedData made by `mssecure trust export`)") from None
+    authorities = [c for c in presented if _is_ca(c)]
+    wanted = _normal_fingerprint(confirmed_fingerprint)
+    ca = next((c for c in authorities if _normal_fingerprint(fingerprint(c)) == wanted), None)
+    if ca is None:
+        found = ", ".join(fingerprint(c) for c in authorities) or "none (it carries no CA certificate)"
+        raise TrustError(
+            f"the bundle's CA fingerprint {found} is not the one confirmed ({confirmed_fingerprint}): refusing it"
+        )
+    try:
+        results = verify_signed_data(data, None, anchors=[ca], at=now, policy=_BUNDLE_POLICY)
+    except MssecureError:
+        raise TrustError("not a trust bundle (expected a CMS SignedData made by `mssecure trust export`)") from None
+    signers = [r.certificate for r in results if r.valid and r.certificate is not None]
+    if not signers:
+        reasons = "; ".join(reason for r in results for reason in r.reasons) or "no signer"
+        raise TrustError(f"the trust bundle's signature does not verify: {reasons}")
+    # From here on the content is the peer's word (signed under the CA the operator confirmed).
+    try:
+        payload = json.loads(encapsulated_content(data))
     except (ValueError, RecursionError):
         raise TrustError("the trust bundle's content is not JSON") from None
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
         raise TrustError(f"not a trust bundle of format {BUNDLE_FORMAT}")
     try:
-        ca = x509.load_pem_x509_certificate(payload["ca_certificates"][0].encode())
+        named = x509.load_pem_x509_certificate(payload["ca_certificates"][0].encode())
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
         raise TrustError("the trust bundle carries no readable CA certificate") from None
-    if _normal_fingerprint(fingerprint(ca)) != _normal_fingerprint(confirmed_fingerprint):
-        raise TrustError(
-            f"the bundle's CA fingerprint {fingerprint(ca)} is not the one confirmed ({confirmed_fingerprint}): "
-            "refusing it"
-        )
+    if named != ca:
+        raise TrustError("the trust bundle's content names another CA than the one its signature chains to")
     crl = _bundle_crl(payload, ca)
-    results = verify_signed_data(data, None, anchors=[ca], crls=[crl], at=now, policy=_BUNDLE_POLICY)
-    if not results or not any(r.valid for r in results):
-        reasons = "; ".join(reason for r in results for reason in r.reasons) or "no signer"
-        raise TrustError(f"the trust bundle's signature does not verify: {reasons}")
     try:
         bundle = _parse(payload, ca, crl)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise TrustError(f"malformed trust bundle: {type(exc).__name__}: {exc}") from None
     # Only the peer's relay may speak for the peer: not any certificate its CA issued (a professional's, say).
-    if not any(r.valid and r.certificate is not None and _is_relay(r.certificate, bundle.hostname) for r in results):
-        raise TrustError(f"the trust bundle is not signed by the relay certificate of {bundle.hostname}")
+    problems = [
+        relay_certificate_problems(signer, bundle.hostname, [ca], role="server", at=now, crls=[crl],
+                                   intermediates=presented)
+        for signer in signers
+    ]  # fmt: skip
+    if all(problems):
+        raise TrustError(
+            f"the trust bundle is not signed by the relay certificate of {bundle.hostname}: {'; '.join(problems[0])}"
+        )
     return bundle
+
+
+def _size(count: int) -> str:
+    return f"{count / _MIB:.0f} MiB" if count >= _MIB else f"{count} bytes"
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return False
 
 
 def _bundle_crl(payload: dict[str, Any], ca: x509.Certificate) -> x509.CertificateRevocationList:
@@ -171,20 +233,100 @@ def _bundle_crl(payload: dict[str, Any], ca: x509.Certificate) -> x509.Certifica
     return crl
 
 
-def _is_relay(certificate: x509.Certificate, hostname: str) -> bool:
-    """serverAuth and the relay's host name as a dNSName: what a peer's relay certificate is (and an S/MIME one
-    is not)."""
+# --- peer relays' certificates -----------------------------------------------------------------------------------
+
+RelayRole = Literal["server", "client"]
+_ROLE_USAGE = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+_ROLE_USAGE_NAME = {"server": "serverAuth", "client": "clientAuth"}
+
+
+def relay_certificate_problems(
+    certificate: x509.Certificate,
+    hostname: str,
+    anchors: Sequence[x509.Certificate],
+    *,
+    role: RelayRole,
+    at: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+) -> tuple[str, ...]:
+    """Why ``certificate`` is not the TLS certificate of the peer relay ``hostname`` (empty: it is).
+
+    ``anchors`` are the peer's CA (from its trust bundle), ``crls`` its CRL; ``role`` is what the certificate is
+    presented for: ``server`` when we connect to the peer (EKU serverAuth, RFC 5280 §4.2.1.12), ``client`` when the
+    peer connects to us with mutual TLS (clientAuth). It must be an end-entity certificate whose subjectAltName has
+    the dNSName ``hostname`` exactly (no wildcard; RFC 6125 §6.4) and that chains to an anchor, valid at ``at``, not
+    revoked. An S/MIME certificate is never a relay's, even one with clientAuth (ours) or a dNSName (a Direct
+    domain-bound one): emailProtection in the EKU or an rfc822Name in the SAN refuses it."""
+    wanted = hostname.strip().rstrip(".").lower()
+    problems: list[str] = []
     try:
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
-        return False
-    return ExtendedKeyUsageOID.SERVER_AUTH in usages and hostname in [
-        n.lower() for n in names.get_values_for_type(x509.DNSName)
-    ]
+        extensions = certificate.extensions
+        constraints = _extension(extensions, x509.BasicConstraints)
+        usages = _extension(extensions, x509.ExtendedKeyUsage)
+        names = _extension(extensions, x509.SubjectAlternativeName)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return ("certificate extensions are malformed",)
+    if constraints is not None and constraints.ca:
+        problems.append("a CA certificate is not a relay certificate")
+    if usages is None:
+        problems.append(f"no extended key usage (a relay certificate needs {_ROLE_USAGE_NAME[role]})")
+    else:
+        if _ROLE_USAGE[role] not in usages:
+            problems.append(f"extended key usage does not include {_ROLE_USAGE_NAME[role]}")
+        if ExtendedKeyUsageOID.EMAIL_PROTECTION in usages:
+            problems.append("extended key usage includes emailProtection: an S/MIME certificate is not a relay's")
+    dns_names = [] if names is None else [n.lower() for n in names.get_values_for_type(x509.DNSName)]
+    if wanted not in dns_names:
+        problems.append(f"subjectAltName has no dNSName {wanted}")
+    if names is not None and names.get_values_for_type(x509.RFC822Name):
+        problems.append("subjectAltName has an rfc822Name: an S/MIME certificate is not a relay's")
+    _, reasons = validate_certificate(
+        certificate, anchors=anchors, at=at, crls=crls, intermediates=intermediates, policy=_BUNDLE_POLICY
+    )
+    problems.extend(reasons)
+    return tuple(problems)
+
+
+def check_relay_certificate(
+    certificate: x509.Certificate,
+    hostname: str,
+    anchors: Sequence[x509.Certificate],
+    *,
+    role: RelayRole,
+    at: datetime,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+) -> None:
+    """``relay_certificate_problems``, raising a TrustError that names every problem (for the log, never the
+    peer)."""
+    problems = relay_certificate_problems(
+        certificate, hostname, anchors, role=role, at=at, crls=crls, intermediates=intermediates
+    )
+    if problems:
+        raise TrustError(f"not the relay certificate of {hostname}: {'; '.join(problems)}")
+
+
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _extension(extensions: x509.Extensions, kind: type[_E]) -> _E | None:
+    try:
+        return extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 _RELAY = re.compile(r"([a-z0-9.-]+):(\d{1,5})")
+
+
+def _check_relay_host(host: str) -> None:
+    """A relay endpoint's host: a DNS name, or an IPv4 address (a private network, a test on loopback). The TLS
+    certificate is checked against the bundle's host name either way, never against this address."""
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        validate_domain(host)
 
 
 def _parse(payload: dict[str, Any], ca: x509.Certificate, crl: x509.CertificateRevocationList) -> Bundle:
@@ -215,7 +357,7 @@ def _parse(payload: dict[str, Any], ca: x509.Certificate, crl: x509.CertificateR
     relay = _RELAY.fullmatch(str(operator["relay"]).lower())
     if relay is None or not 0 < int(relay.group(2)) < 65536:
         raise ValueError("the relay endpoint is not host:port")
-    validate_domain(relay.group(1))
+    _check_relay_host(relay.group(1))
     selector, record = str(dkim["selector"]), str(dkim["record"])
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", selector):
         raise ValueError("the DKIM selector is not a DNS label")
@@ -364,7 +506,15 @@ class TrustSpace:
                         created_at=now,
                     )
                 )
-        self.session.flush()
+        try:
+            self.session.flush()
+        except sa.exc.IntegrityError:
+            # A certificate is unique per (issuer, serial): listed twice, or the issuer name and serial of one
+            # already stored (ours, or another peer's whose CA has the same name).
+            raise TrustError(
+                f"the trust bundle of {bundle.domain} lists a certificate twice, or one whose issuer and serial "
+                "number are those of a certificate already stored: refusing it"
+            ) from None
 
     def _drop_peer_certificates(self, domains: tuple[str, ...]) -> None:
         """Forget the certificates we hold for addresses of these (peer) domains — never one with a key here."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -89,11 +91,11 @@ def test_a_master_key_file_readable_by_others_is_refused(pki: Operator) -> None:
     (data(pki) / "master.key").chmod(0o644)
     result = pki.run("certs", "issue", DOCTOR)
     assert result.exit_code == 1
-    assert_one_line_error(result.output, "readable by others", "chmod 600")
+    assert_one_line_error(result.output, "accessible to its group or others (mode 0644)", "chmod 600")
 
 
 def test_master_secret_from_the_environment(tmp_path: Path) -> None:
-    env = {"MSSECURE_MASTER_KEY": "a long operator secret from the vault"}
+    env = {"MSSECURE_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}  # openssl rand -base64 32
     runner = CliRunner()
     result = runner.invoke(main, ["init", str(tmp_path / "op"), "--domain", "chu-nord.mssante.test"], env=env)
     assert result.exit_code == 0, result.output
@@ -104,6 +106,16 @@ def test_master_secret_from_the_environment(tmp_path: Path) -> None:
     result = runner.invoke(main, ["--config", config, "certs", "issue", DOCTOR], env={"MSSECURE_MASTER_KEY": ""})
     assert result.exit_code == 1
     assert_one_line_error(result.output, "no master secret")
+
+
+@pytest.mark.parametrize("value", ["a long operator secret from the vault", "0123456789abcdef0123"])
+def test_a_passphrase_as_master_secret_is_refused_at_init(tmp_path: Path, value: str) -> None:
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "op"), "--domain", "chu-nord.mssante.test"],
+                                env={"MSSECURE_MASTER_KEY": value})  # fmt: skip
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "$MSSECURE_MASTER_KEY is not a strong master secret", "openssl rand")
+    assert value not in result.output
+    assert not (tmp_path / "op").exists()
 
 
 def test_init_imports_an_existing_ca(tmp_path: Path) -> None:
@@ -153,6 +165,10 @@ def test_issued_smime_certificate_profile(pki: Operator, tmp_path: Path) -> None
 
 
 def test_organizational_p256_certificate(pki: Operator, tmp_path: Path) -> None:
+    help_text = " ".join(pki.run("certs", "issue", "--help").output.split())
+    assert "p256: ECDSA P-256, signs only: mssecure (and any sender limited to RSA key transport) cannot encrypt" in (
+        help_text
+    )
     issue(pki, PHARMACY, "--key-type", "p256")
     certificate = x509.load_pem_x509_certificate(pem_of(pki, PHARMACY, tmp_path).read_bytes())
     assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Pharmacie du Marché"
@@ -270,3 +286,55 @@ def test_keys_in_the_database_are_encrypted(pki: Operator, tmp_path: Path) -> No
     master = f"file:{data(pki) / 'master.key'}"
     modulus = openssl("rsa", "-in", str(tmp_path / "k.pem"), "-passin", master, "-noout", "-modulus").stdout
     assert modulus == openssl("x509", "-in", str(pem_of(pki, DOCTOR, tmp_path)), "-noout", "-modulus").stdout
+
+
+def test_serials_are_unique_per_issuer_across_the_migration(operator_on: Operator) -> None:
+    """0004 keeps the certificates of a 0003 database; two issuers may then use the same serial, a lookup by that
+    serial is refused as ambiguous and the fingerprint names the certificate."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from mssecure.config import load_config
+    from mssecure.crypto.models import CertificateRecord
+    from mssecure.db import SCHEMA_REVISION, _alembic_config, make_engine, make_sessionmaker
+
+    op = operator_on
+    assert op.run("directory", "add", DOCTOR, "--kind", "personal", "--rpps", RPPS).exit_code == 0
+    ours = issue(op, DOCTOR)
+    serial, fingerprint = str(ours["serial"]), str(ours["fingerprint_sha256"])
+    engine = make_engine(load_config(op.config).database_url)
+    try:
+        command.downgrade(_alembic_config(engine), "0003")
+        assert_one_line_error(op.run("db", "current").output, "has schema revision 0003")
+        upgraded = op.run("db", "upgrade")
+        assert upgraded.output.strip() == f"Database schema upgraded from 0003 to revision {SCHEMA_REVISION}."
+        assert [c["serial"] for c in json.loads(op.run("certs", "list", "--json").output)] == [serial]
+
+        with make_sessionmaker(engine)() as session:
+            stored = session.scalars(sa.select(CertificateRecord)).one()
+            values = {c.key: getattr(stored, c.key) for c in CertificateRecord.__table__.columns if c.key != "id"}
+            peer = {**values, "issuer": "CN=GHT Sud operator CA,O=ght-sud.mssante.test,C=FR",
+                    "address": "dr.x@ght-sud.mssante.test", "fingerprint": "AB:" * 31 + "AB",
+                    "private_key_pem": None}  # fmt: skip
+            session.add(CertificateRecord(**peer))
+            session.commit()  # same serial, another issuer: accepted
+            session.add(CertificateRecord(**{**peer, "fingerprint": "CD:" * 31 + "CD"}))
+            with pytest.raises(sa.exc.IntegrityError):
+                session.commit()  # same issuer and serial: refused by the database
+    finally:
+        engine.dispose()
+
+    for command_line in (["certs", "show", serial], ["certs", "revoke", "--serial", serial, "--reason", "superseded"]):
+        result = op.run(*command_line)
+        assert result.exit_code == 1
+        assert_one_line_error(result.output, f"serial {serial} is ambiguous", fingerprint, "GHT Sud", "fingerprint")
+    shown = json.loads(op.run("certs", "show", fingerprint.replace(":", "").lower(), "--json").output)
+    assert (shown["address"], shown["serial"]) == (DOCTOR, serial)
+    peer_shown = json.loads(op.run("certs", "show", "AB:" * 31 + "AB", "--json").output)
+    assert peer_shown["address"] == "dr.x@ght-sud.mssante.test"
+    revoked = op.run("certs", "revoke", "--fingerprint", fingerprint, "--reason", "keyCompromise")
+    assert revoked.exit_code == 0, revoked.output
+    assert "Key Compromise" in _crl_text(op)
+    bad = op.run("certs", "revoke", "--fingerprint", serial, "--reason", "keyCompromise")
+    assert bad.exit_code == 2
+    assert "64 hex digits" in bad.output

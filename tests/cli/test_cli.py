@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -53,6 +54,40 @@ def test_init_creates_a_private_config_and_an_initialised_database(operator: Ope
     assert 'domain = "chu-nord.mssante.test"' in text
     assert "# " in text
     assert operator.run("db", "current").exit_code == 0
+
+
+def test_init_creates_secret_files_private_whatever_the_umask(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "op"
+    previous = os.umask(0)  # the most permissive: a file created then chmod-ed would be world-readable a while
+    try:
+        result = CliRunner().invoke(main, ["init", str(root), "--domain", "chu-nord.mssante.test"])
+        connection = sqlite3.connect(root / "mssecure.db")  # the WAL files SQLite creates take the database's mode
+        try:
+            connection.execute("CREATE TABLE probe (x)")
+            wal = {n: stat.S_IMODE((root / n).stat().st_mode) for n in ("mssecure.db-wal", "mssecure.db-shm")}
+        finally:
+            connection.close()
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    secret = ["mssecure.toml", "mssecure.db", "data/master.key", *(f"data/keys/{k}.key" for k in ("ca", "tls"))]
+    assert {name: stat.S_IMODE((root / name).stat().st_mode) for name in secret} == dict.fromkeys(secret, 0o600)
+    assert wal == {"mssecure.db-wal": 0o600, "mssecure.db-shm": 0o600}
+    assert stat.S_IMODE((root / "data" / "pki" / "ca.crt").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("name", ["mssecure.toml", "mssecure.db"])
+def test_init_never_writes_through_a_symbolic_link(tmp_path: Path, name: str) -> None:
+    (tmp_path / "op").mkdir()
+    target = tmp_path / "elsewhere"
+    (tmp_path / "op" / name).symlink_to(target)  # dangling: exists() says no, a plain open would follow it
+    result = CliRunner().invoke(main, ["init", str(tmp_path / "op"), "--domain", "chu-nord.mssante.test"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, f"{name} already exists")
+    assert not target.exists()
+    assert [p.name for p in (tmp_path / "op").iterdir()] == [name]
 
 
 def test_init_refuses_to_overwrite(operator: Operator) -> None:
@@ -317,4 +352,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     shown = CliRunner().invoke(main, ["--config", str(config), "directory", "show", DOCTOR, "--json"])
     assert json.loads(shown.output)["status"] == "active"
     history = CliRunner().invoke(main, ["--config", str(config), "directory", "history", DOCTOR, "--json"])
-    assert [h["action"] for h in json.loads(history.output)] == ["created", "suspended", "reactivated"]
+    assert [h["action"] for h in json.loads(history.output)] == ["created", "suspended", "reactivated", "password set"]
+    # The prescription crossed from one operator's relay to the other's, and its acknowledgment came back.
+    pharmacy = tmp_path / "demo" / "pharma-sud" / "data" / "mail" / "pharma-sud.mssante.test" / "pharmacie.du-marche"
+    (delivered,) = list((pharmacy / "new").iterdir())
+    assert b"smime=pass body.smime-identifier=" + DOCTOR.encode() in delivered.read_bytes()
+    doctor = tmp_path / "demo" / "chu-nord" / "data" / "mail" / "chu-nord.mssante.test" / "camille.lefevre"
+    (mdn,) = list((doctor / "new").iterdir())
+    assert b"MDN-sent-automatically; dispatched" in mdn.read_bytes()

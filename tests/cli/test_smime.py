@@ -132,6 +132,24 @@ def test_a_suspended_entry_cannot_sign_nor_be_encrypted_to(smime_op: Operator, t
     assert_one_line_error(result.output, "no valid certificate to encrypt to")
 
 
+def test_a_p256_certificate_signs_but_cannot_be_encrypted_to(smime_op: Operator, tmp_path: Path) -> None:
+    renewed = smime_op.run("certs", "renew", PHARMACY, "--key-type", "p256")
+    assert renewed.exit_code == 0, renewed.output
+    assert f"mssecure cannot encrypt mail to it (RSA recipients only); `mssecure certs renew {PHARMACY} --key-type " \
+        "rsa`" in renewed.stderr  # fmt: skip
+    reply = PRESCRIPTION.replace(b"From: Dr Camille LEF\xc3\x88VRE <camille.lefevre", b"From: <pharmacie").replace(
+        b"To: pharmacie", b"To: camille.lefevre"
+    )
+    signed = run_files(smime_op, tmp_path, ["sign", "--as", PHARMACY], reply, "p256-signed")
+    assert smime_op.run("smime", "verify", str(signed)).exit_code == 0
+    (tmp_path / "rx.eml").write_bytes(PRESCRIPTION)
+    result = smime_op.run("smime", "encrypt", "--to", DOCTOR, "--to", PHARMACY, str(tmp_path / "rx.eml"),
+                          str(tmp_path / "rx.p7m"))  # fmt: skip
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, f"cannot encrypt to {PHARMACY}: its certificate has an elliptic-curve key "
+                          "(P-256), and mssecure encrypts to RSA certificates only")  # fmt: skip
+
+
 def test_decrypting_something_not_encrypted_is_refused(smime_op: Operator, tmp_path: Path) -> None:
     source = tmp_path / "plain"
     source.write_bytes(PRESCRIPTION)

@@ -144,6 +144,20 @@ def test_garbage_is_not_a_bundle(pair: tuple[Operator, Operator], tmp_path: Path
     assert_one_line_error(result.output, "not a trust bundle")
 
 
+def test_a_bundle_over_the_size_limit_is_refused_unless_the_limit_is_raised(pair: tuple[Operator, Operator],
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+    a, b = pair
+    bundle = tmp_path / "a.bundle"
+    ok(a, "trust", "export", "--out", str(bundle))
+    big = tmp_path / "big.bundle"
+    big.write_bytes(bundle.read_bytes() + b"\0" * (1024 * 1024))  # over 1 MiB: refused before anything is read
+    result = b.run("trust", "import", str(big), "--fingerprint", fingerprint_of(a), "--max-size", "1")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "larger than the limit of 1 MiB", "--max-size")
+    assert b.run("trust", "import", str(big), "--fingerprint", fingerprint_of(a), "--max-size", "0").exit_code == 2
+    ok(b, "trust", "import", str(bundle), "--fingerprint", fingerprint_of(a), "--max-size", "1")
+
+
 def test_a_bundle_claiming_our_domain_is_refused(pair: tuple[Operator, Operator], tmp_path: Path) -> None:
     a, _ = pair
     bundle = tmp_path / "own.bundle"
@@ -212,18 +226,19 @@ def test_a_bundle_signed_by_a_professional_of_the_peer_is_refused(pair: tuple[Op
     password = tmp_path / "pw"
     password.write_text("p12-password\n")
     ok(a, "certs", "export-p12", DOCTOR, "--out", str(tmp_path / "d.p12"), "--password-file", str(password))
-    key, certificate, _ = pkcs12.load_key_and_certificates((tmp_path / "d.p12").read_bytes(), b"p12-password")
+    key, certificate, (ca, *_) = pkcs12.load_key_and_certificates((tmp_path / "d.p12").read_bytes(), b"p12-password")
     assert key is not None
     assert certificate is not None
     content = encapsulated_content(genuine.read_bytes()).replace(b"mail.chu-nord.mssante.test:25", b"attacker.test:25")
     forged = tmp_path / "forged.bundle"
     forged.write_bytes(
         pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(certificate, key, hashes.SHA256())  # type: ignore[arg-type]
-        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+        .add_certificate(ca).sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     )  # fmt: skip
     result = b.run("trust", "import", str(forged), "--fingerprint", fingerprint_of(a))
     assert result.exit_code == 1
-    assert_one_line_error(result.output, "not signed by the relay certificate of mail.chu-nord.mssante.test")
+    assert_one_line_error(result.output, "not signed by the relay certificate of mail.chu-nord.mssante.test",
+                          "does not include serverAuth", "includes emailProtection", "has an rfc822Name")  # fmt: skip
 
 
 def test_a_peer_ca_cannot_sign_for_another_domain(pair: tuple[Operator, Operator], tmp_path: Path) -> None:

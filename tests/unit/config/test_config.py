@@ -112,7 +112,10 @@ def test_operator_domains_is_the_domain_alone_without_extra_domains() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (MINIMAL + "[bogus]\nkey = 1\n", r"unknown section \[bogus\] \(known: operator, database, paths, pki, dkim\)"),
+        (
+            MINIMAL + "[bogus]\nkey = 1\n",
+            r"unknown section \[bogus\] \(known: operator, database, paths, pki, dkim, smtp, auth, delivery\)",
+        ),
         (MINIMAL + "bogus = 1\n", r"unknown key operator\.bogus \(known: domain, hostname, extra_domains\)"),
         (MINIMAL + "[database]\nuri = 'sqlite:///x.db'\n", r"unknown key database\.uri"),
         (MINIMAL + "[operator.sub]\nx = 1\n", r"unknown key operator\.sub"),
@@ -339,3 +342,23 @@ def test_validate_domain_lowercases_fully_qualified_names(value: str, domain: st
 def test_validate_domain_refuses_anything_else(value: str) -> None:
     with pytest.raises(ValueError, match=r"is not a fully qualified domain name"):
         validate_domain(value)
+
+
+def test_relay_sections_default_and_validate(tmp_path: Path) -> None:
+    path = tmp_path / "mssecure.toml"
+    path.write_text(MINIMAL, encoding="utf-8")
+    config = load_config(path, environ={})
+    assert config.smtp.inbound_port == 25
+    assert config.relay_endpoint == f"{config.operator.hostname}:25"
+    assert config.delivery.retry_schedule == (60, 300, 900, 1800, 3600, 7200)
+    assert config.maildir == tmp_path / "data" / "mail"
+    for section, bad, message in [
+        ("smtp", "inbound_port = 70000", "smtp.inbound_port: must be a TCP port"),
+        ("smtp", 'relay_endpoint = "no port"', "smtp.relay_endpoint: must be host:port"),
+        ("delivery", "retry_schedule = []", "delivery.retry_schedule: must be a non-empty list"),
+        ("delivery", 'retry_schedule = ["1m"]', "delivery.retry_schedule must be a list of integers"),
+        ("auth", 'require_client_cert = "yes"', "auth.require_client_cert must be true or false"),
+    ]:
+        path.write_text(MINIMAL + f"[{section}]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(path, environ={})

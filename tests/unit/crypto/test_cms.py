@@ -17,12 +17,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from mssecure.crypto.cms import (
     LEGACY,
     STRICT,
-    SignerResult,
     VerificationPolicy,
     encapsulated_content,
     verify_signed_data,
 )
 from mssecure.errors import SignatureError
+from tests.support.mailpki import NOW, MailPki, make_mail_pki, verify_one
 from tests.support.testpki import (
     Credential,
     Revocation,
@@ -36,33 +36,23 @@ from tests.support.testpki import (
     sign_cms,
 )
 
-NOW = datetime.now(UTC)
 CONTENT = b"Content-Type: text/plain\r\n\r\nOrdonnance: amoxicilline 1 g, 3 fois par jour.\r\n"
 
 
 @dataclass(frozen=True)
-class Pki:
-    root: Credential
-    intermediate: Credential
-    alice: Credential  # RSA-2048 under the intermediate
-    bob: Credential  # P-256 under the intermediate
+class Pki(MailPki):
     stranger_root: Credential  # a CA nobody trusts
     stranger: Credential
 
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    root = root_ca("Test Health Root CA")
-    intermediate = intermediate_ca("Test Health Mail CA", root)
-    stranger_root = root_ca("Untrusted Root CA")
-    return Pki(
-        root=root,
-        intermediate=intermediate,
-        alice=end_entity("Dr.Alice@CHU-Nord.mssante.test", intermediate, key=rsa_key(2048)),
-        bob=end_entity("bob@pharmacie.mssante.test", intermediate, key=ec_key()),
-        stranger_root=stranger_root,
-        stranger=end_entity("mallory@elsewhere.test", stranger_root, key=ec_key()),
+    mail = make_mail_pki(
+        "Test Health", rsa_email="Dr.Alice@CHU-Nord.mssante.test", ec_email="bob@pharmacie.mssante.test"
     )
+    stranger_root = root_ca("Untrusted Root CA")
+    stranger = end_entity("mallory@elsewhere.test", stranger_root, key=ec_key())
+    return Pki(**vars(mail), stranger_root=stranger_root, stranger=stranger)
 
 
 def _sign(
@@ -89,14 +79,6 @@ def _sign(
     return builder.sign(Encoding.DER, options)
 
 
-def _verify_one(signature: bytes, content: bytes | None, pki: Pki, **options: object) -> SignerResult:
-    options.setdefault("anchors", [pki.root.certificate])
-    options.setdefault("at", NOW)
-    results = verify_signed_data(signature, content, **options)  # type: ignore[arg-type]
-    assert len(results) == 1
-    return results[0]
-
-
 def _label(credential: Credential) -> str:
     return credential.certificate.subject.rfc4514_string()
 
@@ -109,12 +91,12 @@ def _signer(pki: Pki, email: str = "signer@chu-nord.mssante.test", **options: ob
 # --- positive ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("who", ["alice", "bob"])
+@pytest.mark.parametrize("who", ["rsa_signer", "ec_signer"])
 @pytest.mark.parametrize("detached", [True, False], ids=["detached", "encapsulated"])
 def test_cryptography_signature_verifies_through_an_intermediate(pki: Pki, who: str, detached: bool) -> None:
     signer: Credential = getattr(pki, who)
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate], detached=detached)
-    result = _verify_one(signature, CONTENT if detached else None, pki)
+    result = verify_one(signature, CONTENT if detached else None, pki)
     assert result.valid, result.reasons
     assert result.certificate == signer.certificate
     assert result.chain == (signer.certificate, pki.intermediate.certificate, pki.root.certificate)
@@ -125,7 +107,7 @@ def test_cryptography_signature_verifies_through_an_intermediate(pki: Pki, who: 
 
 
 def test_encapsulated_content_is_returned(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], detached=False)
+    signature = _sign(CONTENT, [pki.rsa_signer], detached=False)
     assert encapsulated_content(signature) == CONTENT
 
 
@@ -136,93 +118,94 @@ def test_email_addresses_are_lowercased_and_deduplicated(pki: Pki) -> None:
         emails=["Dr.Jean@CHU-Nord.mssante.test", "jean.secretariat@chu-nord.mssante.test"],
         subject_email="DR.JEAN@chu-nord.mssante.test",
     )
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
     assert result.valid, result.reasons
     assert result.email_addresses == ("dr.jean@chu-nord.mssante.test", "jean.secretariat@chu-nord.mssante.test")
-    assert _verify_one(_sign(CONTENT, [pki.alice]), CONTENT, pki).email_addresses == ("dr.alice@chu-nord.mssante.test",)
+    alone = verify_one(_sign(CONTENT, [pki.rsa_signer]), CONTENT, pki)
+    assert alone.email_addresses == ("dr.alice@chu-nord.mssante.test",)
 
 
 def test_sha384_and_sha512_digests_are_accepted(pki: Pki) -> None:
     for hash_algorithm, name in ((hashes.SHA384(), "sha384"), (hashes.SHA512(), "sha512")):
         signature = _sign(
-            CONTENT, [pki.bob], certificates=[pki.intermediate.certificate], hash_algorithm=hash_algorithm
+            CONTENT, [pki.ec_signer], certificates=[pki.intermediate.certificate], hash_algorithm=hash_algorithm
         )
-        result = _verify_one(signature, CONTENT, pki)
+        result = verify_one(signature, CONTENT, pki)
         assert result.valid, result.reasons
         assert result.digest_algorithm == name
 
 
 def test_rsassa_pss_signature_verifies(pki: Pki) -> None:
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate], rsa_padding=pss)
-    assert _verify_one(signature, CONTENT, pki).valid
-    tampered = _verify_one(signature, CONTENT + b" ", pki)
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate], rsa_padding=pss)
+    assert verify_one(signature, CONTENT, pki).valid
+    tampered = verify_one(signature, CONTENT + b" ", pki)
     assert tampered.reasons == ("message digest does not match the content",)
 
 
 def test_signature_without_signed_attributes_covers_the_content(pki: Pki) -> None:
     signature = _sign(
         CONTENT,
-        [pki.alice],
+        [pki.rsa_signer],
         certificates=[pki.intermediate.certificate],
         extra_options=[pkcs7.PKCS7Options.NoAttributes],
     )
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.valid, result.reasons
     assert result.signing_time is None
-    assert _verify_one(signature, CONTENT + b"!", pki).reasons == ("signature is invalid",)
+    assert verify_one(signature, CONTENT + b"!", pki).reasons == ("signature is invalid",)
 
 
 def test_intermediate_may_come_from_extra_certificates(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice])  # only the signer's certificate is embedded
-    assert _verify_one(signature, CONTENT, pki).reasons[0].startswith("no certificate chain to a trust anchor")
-    result = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer])  # only the signer's certificate is embedded
+    assert verify_one(signature, CONTENT, pki).reasons[0].startswith("no certificate chain to a trust anchor")
+    result = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
     assert result.valid, result.reasons
     assert len(result.chain) == 3
 
 
 def test_signer_certificate_may_come_from_extra_certificates(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], extra_options=[pkcs7.PKCS7Options.NoCerts])
-    missing = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer], extra_options=[pkcs7.PKCS7Options.NoCerts])
+    missing = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
     assert missing.reasons == ("signer certificate not found",)
     assert missing.certificate is None
     assert missing.chain == ()
     assert missing.email_addresses == ()
-    found = _verify_one(
-        signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate, pki.alice.certificate]
+    found = verify_one(
+        signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate, pki.rsa_signer.certificate]
     )
     assert found.valid, found.reasons
 
 
 def test_anchor_may_be_the_intermediate_or_the_signer_itself(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
-    by_intermediate = _verify_one(signature, CONTENT, pki, anchors=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
+    by_intermediate = verify_one(signature, CONTENT, pki, anchors=[pki.intermediate.certificate])
     assert by_intermediate.valid, by_intermediate.reasons
-    assert by_intermediate.chain == (pki.alice.certificate, pki.intermediate.certificate)
-    by_leaf = _verify_one(signature, CONTENT, pki, anchors=[pki.alice.certificate])
+    assert by_intermediate.chain == (pki.rsa_signer.certificate, pki.intermediate.certificate)
+    by_leaf = verify_one(signature, CONTENT, pki, anchors=[pki.rsa_signer.certificate])
     assert by_leaf.valid, by_leaf.reasons
-    assert by_leaf.chain == (pki.alice.certificate,)
+    assert by_leaf.chain == (pki.rsa_signer.certificate,)
 
 
 def test_subject_key_identifier_signer_identifier(pki: Pki) -> None:
     signature = sign_cms(
         CONTENT,
-        pki.alice,
+        pki.rsa_signer,
         signing_time=NOW,
         use_key_identifier=True,
-        certificates=[pki.alice.certificate, pki.intermediate.certificate],
+        certificates=[pki.rsa_signer.certificate, pki.intermediate.certificate],
     )
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.valid, result.reasons
-    assert result.certificate == pki.alice.certificate
+    assert result.certificate == pki.rsa_signer.certificate
 
 
 def test_one_valid_and_one_untrusted_signer_are_both_reported(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice, pki.stranger], certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer, pki.stranger], certificates=[pki.intermediate.certificate])
     results = verify_signed_data(signature, CONTENT, anchors=[pki.root.certificate], at=NOW)
     assert len(results) == 2
     by_signer = {result.certificate: result for result in results}
-    assert by_signer[pki.alice.certificate].valid
+    assert by_signer[pki.rsa_signer.certificate].valid
     untrusted = by_signer[pki.stranger.certificate]
     assert untrusted.reasons == (f"no certificate chain to a trust anchor: {_label(pki.stranger)}",)
     # one result per SignerInfo, in the order of the SignerInfos
@@ -234,20 +217,20 @@ def test_one_valid_and_one_untrusted_signer_are_both_reported(pki: Pki) -> None:
 
 
 def test_two_trusted_signers_of_different_key_types(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice, pki.bob], certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer, pki.ec_signer], certificates=[pki.intermediate.certificate])
     results = verify_signed_data(signature, CONTENT, anchors=[pki.root.certificate], at=NOW)
     assert [r.valid for r in results] == [True, True]
-    assert {r.certificate for r in results} == {pki.alice.certificate, pki.bob.certificate}
+    assert {r.certificate for r in results} == {pki.rsa_signer.certificate, pki.ec_signer.certificate}
 
 
 # --- integrity ---------------------------------------------------------------------------------------------------
 
 
 def test_tampered_content_fails_the_message_digest(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
-    result = _verify_one(signature, CONTENT.replace(b"1 g", b"9 g"), pki)
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
+    result = verify_one(signature, CONTENT.replace(b"1 g", b"9 g"), pki)
     assert result.reasons == ("message digest does not match the content",)
-    assert result.certificate == pki.alice.certificate  # the signature over the attributes is still good
+    assert result.certificate == pki.rsa_signer.certificate  # the signature over the attributes is still good
 
 
 def _signing_time_encoding(signature: bytes) -> bytes:
@@ -259,35 +242,39 @@ def _signing_time_encoding(signature: bytes) -> bytes:
 
 
 def test_tampered_signed_attributes_fail_the_signature(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
     original = _signing_time_encoding(signature)
     assert signature.count(original) == 1
     last_digit = original[-2:-1]
     changed = original[:-2] + (b"1" if last_digit == b"0" else b"0") + original[-1:]  # YYMMDDHHMMSS(Z)
-    result = _verify_one(signature.replace(original, changed), CONTENT, pki)
+    result = verify_one(signature.replace(original, changed), CONTENT, pki)
     assert result.reasons == ("signature is invalid",)
 
 
 def test_tampered_encapsulated_content_fails_the_message_digest(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.bob], certificates=[pki.intermediate.certificate], detached=False)
+    signature = _sign(CONTENT, [pki.ec_signer], certificates=[pki.intermediate.certificate], detached=False)
     assert signature.count(b"amoxicilline") == 1
-    result = _verify_one(signature.replace(b"amoxicilline", b"amoxicillinf"), None, pki)
+    result = verify_one(signature.replace(b"amoxicilline", b"amoxicillinf"), None, pki)
     assert result.reasons == ("message digest does not match the content",)
 
 
 def test_missing_content_type_attribute_is_refused(pki: Pki) -> None:
     signature = sign_cms(
-        CONTENT, pki.alice, signing_time=NOW, content_type_attribute=False, certificates=[pki.alice.certificate]
+        CONTENT,
+        pki.rsa_signer,
+        signing_time=NOW,
+        content_type_attribute=False,
+        certificates=[pki.rsa_signer.certificate],
     )
-    result = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+    result = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
     assert result.reasons == ("contentType signed attribute is missing",)
 
 
 def test_own_producer_signature_verifies(pki: Pki) -> None:
     """The test PKI's producer is right (otherwise the negative cases built with it would prove nothing)."""
-    for signer in (pki.alice, pki.bob):
+    for signer in (pki.rsa_signer, pki.ec_signer):
         signature = sign_cms(CONTENT, signer, signing_time=NOW, certificates=[signer.certificate])
-        result = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+        result = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
         assert result.valid, result.reasons
         assert result.signing_time == NOW.replace(microsecond=0)
 
@@ -298,7 +285,7 @@ def test_own_producer_signature_verifies(pki: Pki) -> None:
 def test_expired_signer(pki: Pki) -> None:
     signer = _signer(pki, not_before=datetime(2023, 1, 1, tzinfo=UTC), not_after=datetime(2024, 1, 1, tzinfo=UTC))
     signature = sign_cms(CONTENT, signer, signing_time=datetime(2025, 3, 1, tzinfo=UTC))
-    result = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+    result = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
     assert result.reasons == (
         f"certificate expired at validation time: {_label(signer)}",
         f"certificate expired at signing time: {_label(signer)}",
@@ -309,7 +296,7 @@ def test_expired_signer(pki: Pki) -> None:
 def test_not_yet_valid_signer(pki: Pki) -> None:
     signer = _signer(pki, not_before=NOW + days(30), not_after=NOW + days(400))
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])  # signed now
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.reasons == (
         f"certificate not yet valid at validation time: {_label(signer)}",
         f"certificate not yet valid at signing time: {_label(signer)}",
@@ -320,17 +307,17 @@ def test_signer_valid_at_signing_time_but_expired_at_validation_time(pki: Pki) -
     signer = _signer(pki, not_before=datetime(2023, 1, 1, tzinfo=UTC), not_after=datetime(2025, 1, 1, tzinfo=UTC))
     signature = sign_cms(CONTENT, signer, signing_time=datetime(2024, 6, 1, tzinfo=UTC))
     extra = [pki.intermediate.certificate]
-    result = _verify_one(signature, CONTENT, pki, extra_certificates=extra)
+    result = verify_one(signature, CONTENT, pki, extra_certificates=extra)
     assert result.reasons == (f"certificate expired at validation time: {_label(signer)}",)
     assert result.signing_time == datetime(2024, 6, 1, tzinfo=UTC)
-    then = _verify_one(signature, CONTENT, pki, extra_certificates=extra, at=datetime(2024, 6, 2, tzinfo=UTC))
+    then = verify_one(signature, CONTENT, pki, extra_certificates=extra, at=datetime(2024, 6, 2, tzinfo=UTC))
     assert then.valid, then.reasons
 
 
 def test_signing_time_outside_validity_fails_even_when_valid_now(pki: Pki) -> None:
     signer = _signer(pki, not_before=datetime(2025, 1, 1, tzinfo=UTC))
     signature = sign_cms(CONTENT, signer, signing_time=datetime(2024, 6, 1, tzinfo=UTC))
-    result = _verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
+    result = verify_one(signature, CONTENT, pki, extra_certificates=[pki.intermediate.certificate])
     assert result.reasons == (f"certificate not yet valid at signing time: {_label(signer)}",)
 
 
@@ -338,7 +325,7 @@ def test_expired_intermediate(pki: Pki) -> None:
     old_ca = intermediate_ca("Old Mail CA", pki.root, key=ec_key(), not_after=datetime(2025, 1, 1, tzinfo=UTC))
     signer = end_entity("old@chu-nord.mssante.test", old_ca, key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[old_ca.certificate])
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.reasons == (f"certificate expired at validation time: {_label(old_ca)}",)
 
 
@@ -348,10 +335,10 @@ def test_expired_intermediate(pki: Pki) -> None:
 def test_server_auth_only_eku_is_refused(pki: Pki) -> None:
     signer = _signer(pki, extended_key_usage=[ExtendedKeyUsageOID.SERVER_AUTH])
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.reasons == (f"extended key usage does not include emailProtection: {_label(signer)}",)
     relaxed = VerificationPolicy(require_email_protection=False)
-    assert _verify_one(signature, CONTENT, pki, policy=relaxed).valid
+    assert verify_one(signature, CONTENT, pki, policy=relaxed).valid
 
 
 @pytest.mark.parametrize(
@@ -365,20 +352,20 @@ def test_server_auth_only_eku_is_refused(pki: Pki) -> None:
 )
 def test_acceptable_ekus(pki: Pki, eku: list[x509.ObjectIdentifier] | None) -> None:
     signer = _signer(pki, extended_key_usage=eku)
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
     assert result.valid, result.reasons
 
 
 def test_key_encipherment_only_is_refused(pki: Pki) -> None:
     signer = _signer(pki, key=rsa_key(2048), key_usage={"key_encipherment"})
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
     assert result.reasons == (f"key usage allows neither digitalSignature nor nonRepudiation: {_label(signer)}",)
 
 
 @pytest.mark.parametrize("usage", [{"content_commitment"}, {"digital_signature"}, None], ids=["nr", "ds", "absent"])
 def test_signing_key_usages(pki: Pki, usage: set[str] | None) -> None:
     signer = _signer(pki, key_usage=usage)
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[pki.intermediate.certificate]), CONTENT, pki)
     assert result.valid, result.reasons
 
 
@@ -386,11 +373,11 @@ def test_signing_key_usages(pki: Pki, usage: set[str] | None) -> None:
 
 
 def test_untrusted_anchor(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
-    result = _verify_one(signature, CONTENT, pki, anchors=[pki.stranger_root.certificate])
-    assert result.reasons == (f"no certificate chain to a trust anchor: {_label(pki.alice)}",)
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
+    result = verify_one(signature, CONTENT, pki, anchors=[pki.stranger_root.certificate])
+    assert result.reasons == (f"no certificate chain to a trust anchor: {_label(pki.rsa_signer)}",)
     assert result.chain == ()
-    assert result.certificate == pki.alice.certificate
+    assert result.certificate == pki.rsa_signer.certificate
 
 
 def test_impostor_ca_with_the_trusted_name_is_not_trusted(pki: Pki) -> None:
@@ -398,7 +385,7 @@ def test_impostor_ca_with_the_trusted_name_is_not_trusted(pki: Pki) -> None:
     fake_intermediate = intermediate_ca("Test Health Mail CA", impostor, key=ec_key())
     signer = end_entity("dr.alice@chu-nord.mssante.test", fake_intermediate, key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[fake_intermediate.certificate, impostor.certificate])
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.reasons == (f"no certificate chain to a trust anchor: {_label(signer)}",)
 
 
@@ -413,14 +400,14 @@ def test_impostor_ca_with_the_trusted_name_is_not_trusted(pki: Pki) -> None:
 def test_chain_through_a_non_ca_intermediate(pki: Pki, ca: bool | None, reason: str) -> None:
     not_a_ca = intermediate_ca("Not A CA", pki.root, key=ec_key(), ca=ca)
     signer = end_entity("victim@chu-nord.mssante.test", not_a_ca, key=ec_key())
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[not_a_ca.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[not_a_ca.certificate]), CONTENT, pki)
     assert result.reasons == (f"{reason}: {_label(not_a_ca)}",)
 
 
 def test_intermediate_without_key_cert_sign(pki: Pki) -> None:
     ca = intermediate_ca("CRL Only CA", pki.root, key=ec_key(), key_usage={"crl_sign"})
     signer = end_entity("x@chu-nord.mssante.test", ca, key=ec_key())
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[ca.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[ca.certificate]), CONTENT, pki)
     assert result.reasons == (f"issuing certificate key usage does not allow keyCertSign: {_label(ca)}",)
 
 
@@ -429,7 +416,7 @@ def test_path_length_constraint(pki: Pki) -> None:
     sub = intermediate_ca("Sub CA", constrained, key=ec_key())
     signer = end_entity("deep@chu-nord.mssante.test", sub, key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[sub.certificate, constrained.certificate])
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.reasons == (f"path length constraint 0 exceeded: {_label(constrained)}",)
 
 
@@ -440,16 +427,16 @@ def test_chain_length_is_bounded(pki: Pki) -> None:
     signer = end_entity("far@chu-nord.mssante.test", cas[-1], key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[ca.certificate for ca in cas])
     # signer + 6 CAs + root = 8 certificates
-    assert _verify_one(signature, CONTENT, pki).reasons[0].startswith("no certificate chain to a trust anchor")
+    assert verify_one(signature, CONTENT, pki).reasons[0].startswith("no certificate chain to a trust anchor")
     long_policy = VerificationPolicy(max_chain_length=8)
-    assert _verify_one(signature, CONTENT, pki, policy=long_policy).valid
+    assert verify_one(signature, CONTENT, pki, policy=long_policy).valid
 
 
 def test_unprocessed_critical_extension_is_refused(pki: Pki) -> None:
     constraints = x509.NameConstraints(permitted_subtrees=[x509.RFC822Name("mssante.test")], excluded_subtrees=None)
     ca = intermediate_ca("Constrained Names CA", pki.root, key=ec_key(), extra_extensions=[(constraints, True)])
     signer = end_entity("n@chu-nord.mssante.test", ca, key=ec_key())
-    result = _verify_one(_sign(CONTENT, [signer], certificates=[ca.certificate]), CONTENT, pki)
+    result = verify_one(_sign(CONTENT, [signer], certificates=[ca.certificate]), CONTENT, pki)
     assert result.reasons == (f"unsupported critical extension nameConstraints: {_label(ca)}",)
 
 
@@ -460,7 +447,7 @@ def test_best_path_is_chosen_among_renewed_intermediates(pki: Pki) -> None:
     current = intermediate_ca("Renewed CA", pki.root, key=key)
     signer = end_entity("r@chu-nord.mssante.test", current, key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[expired.certificate, current.certificate])
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.valid, result.reasons
     assert result.chain[1] == current.certificate
 
@@ -485,9 +472,9 @@ def test_revoked_signer(pki: Pki, reason: x509.ReasonFlags | None, expected: str
     signer = _signer(pki)
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])
     revocations = _crl_for(pki.intermediate, Revocation(signer.certificate.serial_number, NOW - days(2), reason))
-    result = _verify_one(signature, CONTENT, pki, crls=[revocations])
+    result = verify_one(signature, CONTENT, pki, crls=[revocations])
     assert result.reasons == (f"{expected}: {_label(signer)}",)
-    assert _verify_one(signature, CONTENT, pki, crls=[_crl_for(pki.intermediate)]).valid
+    assert verify_one(signature, CONTENT, pki, crls=[_crl_for(pki.intermediate)]).valid
 
 
 def test_revoked_intermediate(pki: Pki) -> None:
@@ -495,7 +482,7 @@ def test_revoked_intermediate(pki: Pki) -> None:
     signer = end_entity("s@chu-nord.mssante.test", ca, key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[ca.certificate])
     revocations = _crl_for(pki.root, Revocation(ca.certificate.serial_number, NOW - days(2)))
-    result = _verify_one(signature, CONTENT, pki, crls=[revocations])
+    result = verify_one(signature, CONTENT, pki, crls=[revocations])
     assert result.reasons == (f"certificate revoked: {_label(ca)}",)
 
 
@@ -506,11 +493,11 @@ def test_crl_not_signed_by_the_issuer_is_ignored(pki: Pki) -> None:
     # the issuer's name, another key: a forged CRL
     forged = _crl_for(Credential(pki.intermediate.certificate, ec_key()), entry)
     assert forged.issuer == pki.intermediate.certificate.subject
-    result = _verify_one(signature, CONTENT, pki, crls=[forged])
+    result = verify_one(signature, CONTENT, pki, crls=[forged])
     assert result.valid, result.reasons
     # and it does not count as revocation information either
     required = VerificationPolicy(require_revocation_check=True)
-    checked = _verify_one(signature, CONTENT, pki, crls=[forged, _crl_for(pki.root)], policy=required)
+    checked = verify_one(signature, CONTENT, pki, crls=[forged, _crl_for(pki.root)], policy=required)
     assert checked.reasons == (f"no revocation information: {_label(signer)}",)
 
 
@@ -521,11 +508,11 @@ def test_revocation_after_the_validation_time_does_not_count(pki: Pki) -> None:
         pki.intermediate, Revocation(signer.certificate.serial_number, datetime(2025, 1, 1, tzinfo=UTC))
     )
     extra = [pki.intermediate.certificate]
-    then = _verify_one(
+    then = verify_one(
         signature, CONTENT, pki, crls=[revocations], extra_certificates=extra, at=datetime(2024, 6, 2, tzinfo=UTC)
     )
     assert then.valid, then.reasons
-    now = _verify_one(signature, CONTENT, pki, crls=[revocations], extra_certificates=extra)
+    now = verify_one(signature, CONTENT, pki, crls=[revocations], extra_certificates=extra)
     assert now.reasons == (f"certificate revoked: {_label(signer)}",)
 
 
@@ -535,7 +522,7 @@ def test_key_compromise_counts_whatever_its_date(pki: Pki) -> None:
     entry = Revocation(
         signer.certificate.serial_number, datetime(2025, 1, 1, tzinfo=UTC), x509.ReasonFlags.key_compromise
     )
-    result = _verify_one(
+    result = verify_one(
         signature,
         CONTENT,
         pki,
@@ -547,19 +534,19 @@ def test_key_compromise_counts_whatever_its_date(pki: Pki) -> None:
 
 
 def test_revocation_check_required(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
     required = VerificationPolicy(require_revocation_check=True)
-    none = _verify_one(signature, CONTENT, pki, policy=required)
+    none = verify_one(signature, CONTENT, pki, policy=required)
     assert none.reasons == (
-        f"no revocation information: {_label(pki.alice)}",
+        f"no revocation information: {_label(pki.rsa_signer)}",
         f"no revocation information: {_label(pki.intermediate)}",
     )
     fresh = [_crl_for(pki.intermediate), _crl_for(pki.root)]
-    assert _verify_one(signature, CONTENT, pki, policy=required, crls=fresh).valid
+    assert verify_one(signature, CONTENT, pki, policy=required, crls=fresh).valid
     stale = [crl(pki.intermediate, this_update=NOW - days(30), next_update=NOW - days(1)), _crl_for(pki.root)]
-    expired = _verify_one(signature, CONTENT, pki, policy=required, crls=stale)
-    assert expired.reasons == (f"CRL expired: {_label(pki.alice)}",)
-    assert _verify_one(signature, CONTENT, pki, crls=stale).valid  # not required: a stale CRL is no objection
+    expired = verify_one(signature, CONTENT, pki, policy=required, crls=stale)
+    assert expired.reasons == (f"CRL expired: {_label(pki.rsa_signer)}",)
+    assert verify_one(signature, CONTENT, pki, crls=stale).valid  # not required: a stale CRL is no objection
 
 
 def test_stale_crl_still_revokes(pki: Pki) -> None:
@@ -571,7 +558,7 @@ def test_stale_crl_still_revokes(pki: Pki) -> None:
         this_update=NOW - days(15),
         next_update=NOW - days(1),
     )
-    assert _verify_one(signature, CONTENT, pki, crls=[stale]).reasons == (f"certificate revoked: {_label(signer)}",)
+    assert verify_one(signature, CONTENT, pki, crls=[stale]).reasons == (f"certificate revoked: {_label(signer)}",)
 
 
 def test_sha1_crl_revokes_but_does_not_prove_good_standing_under_strict(pki: Pki) -> None:
@@ -581,33 +568,33 @@ def test_sha1_crl_revokes_but_does_not_prove_good_standing_under_strict(pki: Pki
     revoking = crl(
         pki.intermediate, [entry], this_update=NOW - days(1), next_update=NOW + days(7), hash_algorithm="sha1"
     )
-    assert _verify_one(signature, CONTENT, pki, crls=[revoking]).reasons == (f"certificate revoked: {_label(signer)}",)
+    assert verify_one(signature, CONTENT, pki, crls=[revoking]).reasons == (f"certificate revoked: {_label(signer)}",)
     empty = crl(pki.intermediate, this_update=NOW - days(1), next_update=NOW + days(7), hash_algorithm="sha1")
     assert empty.signature_hash_algorithm is not None
     assert empty.signature_hash_algorithm.name == "sha1"
     required = [_crl_for(pki.root), empty]
     strict = VerificationPolicy(require_revocation_check=True)
-    assert _verify_one(signature, CONTENT, pki, crls=required, policy=strict).reasons == (
+    assert verify_one(signature, CONTENT, pki, crls=required, policy=strict).reasons == (
         f"no revocation information: {_label(signer)}",
     )
     legacy_required = VerificationPolicy(
         require_revocation_check=True, certificate_signature_hashes=LEGACY.certificate_signature_hashes
     )
-    assert _verify_one(signature, CONTENT, pki, crls=required, policy=legacy_required).valid
+    assert verify_one(signature, CONTENT, pki, crls=required, policy=legacy_required).valid
 
 
 # --- algorithms --------------------------------------------------------------------------------------------------
 
 
 def test_sha1_digest_is_refused_by_strict_and_accepted_by_legacy(pki: Pki) -> None:
-    signature = sign_cms(CONTENT, pki.alice, digest="sha1", signing_time=NOW)
+    signature = sign_cms(CONTENT, pki.rsa_signer, digest="sha1", signing_time=NOW)
     extra = [pki.intermediate.certificate]
-    strict = _verify_one(signature, CONTENT, pki, extra_certificates=extra, policy=STRICT)
+    strict = verify_one(signature, CONTENT, pki, extra_certificates=extra, policy=STRICT)
     assert strict.reasons == ("digest algorithm sha1 is not allowed",)
     assert strict.digest_algorithm == "sha1"
-    legacy = _verify_one(signature, CONTENT, pki, extra_certificates=extra, policy=LEGACY)
+    legacy = verify_one(signature, CONTENT, pki, extra_certificates=extra, policy=LEGACY)
     assert legacy.valid, legacy.reasons
-    assert _verify_one(signature, CONTENT + b"x", pki, extra_certificates=extra, policy=LEGACY).reasons == (
+    assert verify_one(signature, CONTENT + b"x", pki, extra_certificates=extra, policy=LEGACY).reasons == (
         "message digest does not match the content",
     )
 
@@ -615,23 +602,23 @@ def test_sha1_digest_is_refused_by_strict_and_accepted_by_legacy(pki: Pki) -> No
 def test_rsa_1024_signer_is_refused_by_strict_and_accepted_by_legacy(pki: Pki) -> None:
     signer = _signer(pki, key=rsa_key(1024))
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])
-    strict = _verify_one(signature, CONTENT, pki)
+    strict = verify_one(signature, CONTENT, pki)
     assert strict.reasons == (f"RSA key of 1024 bits is below 2048: {_label(signer)}",)
-    assert _verify_one(signature, CONTENT, pki, policy=LEGACY).valid
+    assert verify_one(signature, CONTENT, pki, policy=LEGACY).valid
 
 
 def test_sha1_signed_certificate_is_refused_by_strict(pki: Pki) -> None:
     signer = _signer(pki, hash_algorithm="sha1")
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])
-    strict = _verify_one(signature, CONTENT, pki)
+    strict = verify_one(signature, CONTENT, pki)
     assert strict.reasons == (f"certificate signature hash sha1 is not allowed: {_label(signer)}",)
-    assert _verify_one(signature, CONTENT, pki, policy=LEGACY).valid
+    assert verify_one(signature, CONTENT, pki, policy=LEGACY).valid
 
 
 def test_curve_outside_the_policy_is_refused(pki: Pki) -> None:
     signer = _signer(pki, key=ec.generate_private_key(ec.SECP256K1()))
     signature = _sign(CONTENT, [signer], certificates=[pki.intermediate.certificate])
-    assert _verify_one(signature, CONTENT, pki).reasons == (
+    assert verify_one(signature, CONTENT, pki).reasons == (
         f"elliptic curve secp256k1 is not allowed: {_label(signer)}",
     )
 
@@ -654,13 +641,13 @@ def test_other_content_info_is_not_signed_data(pki: Pki) -> None:
 
 
 def test_trailing_bytes_are_refused(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice])
+    signature = _sign(CONTENT, [pki.rsa_signer])
     with pytest.raises(SignatureError):
         verify_signed_data(signature + b"\x00", CONTENT, anchors=[pki.root.certificate], at=NOW)
 
 
 def test_detached_signature_needs_its_content(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice])
+    signature = _sign(CONTENT, [pki.rsa_signer])
     with pytest.raises(SignatureError, match="content was not supplied"):
         verify_signed_data(signature, None, anchors=[pki.root.certificate], at=NOW)
     with pytest.raises(SignatureError, match="no encapsulated content"):
@@ -668,7 +655,7 @@ def test_detached_signature_needs_its_content(pki: Pki) -> None:
 
 
 def test_content_differing_from_the_encapsulated_content_is_refused(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], detached=False)
+    signature = _sign(CONTENT, [pki.rsa_signer], detached=False)
     with pytest.raises(SignatureError, match="differs"):
         verify_signed_data(signature, b"something else", anchors=[pki.root.certificate], at=NOW)
     assert verify_signed_data(
@@ -685,7 +672,7 @@ def _tlv(tag: int, contents: bytes) -> bytes:
 
 
 def test_garbage_signer_info_is_a_reason_not_an_exception(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
     signed_data = asn1_cms.ContentInfo.load(signature)["content"]
     valid_signer_info = signed_data["signer_infos"][0].dump()
     garbage_signer_info = _tlv(0x30, b"\x02\x01\x01\x04\x03abc")  # SEQUENCE { version, OCTET STRING }
@@ -706,8 +693,8 @@ def test_garbage_signer_info_is_a_reason_not_an_exception(pki: Pki) -> None:
 
 
 def test_naive_validation_time_is_utc(pki: Pki) -> None:
-    signature = _sign(CONTENT, [pki.alice], certificates=[pki.intermediate.certificate])
-    assert _verify_one(signature, CONTENT, pki, at=NOW.replace(tzinfo=None)).valid
+    signature = _sign(CONTENT, [pki.rsa_signer], certificates=[pki.intermediate.certificate])
+    assert verify_one(signature, CONTENT, pki, at=NOW.replace(tzinfo=None)).valid
 
 
 # --- work bounds (hostile messages) ------------------------------------------------------------------------------
@@ -720,7 +707,7 @@ def test_path_search_is_bounded(pki: Pki) -> None:
     loop = [root_ca("Loop CA", key=key, serial=serial) for serial in range(1, 41)]
     signer = end_entity("loop@chu-nord.mssante.test", loop[0], key=ec_key())
     signature = _sign(CONTENT, [signer], certificates=[c.certificate for c in loop])
-    result = _verify_one(signature, CONTENT, pki)  # unbounded, this would take hours (the benches time it)
+    result = verify_one(signature, CONTENT, pki)  # unbounded, this would take hours (the benches time it)
     assert result.reasons == (f"no certificate chain to a trust anchor: {_label(signer)}",)
 
 

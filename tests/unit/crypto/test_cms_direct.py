@@ -27,7 +27,7 @@ from mssecure.crypto.cms import (
     STRICT,
     SignerResult,
     VerificationPolicy,
-    _validate_certificate,  # private: see the CRL section below
+    validate_certificate,
     verify_signed_data,
 )
 
@@ -251,13 +251,13 @@ def _crl_set() -> tuple[x509.Certificate, x509.CertificateRevocationList]:
 def test_direct_crl_revokes_its_certificate() -> None:
     anchor, revocations = _crl_set()
     revoked = _cert("crl/crl-keystore-revoked.pem")
-    chain, reasons = _validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=LEGACY)
+    chain, reasons = validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=LEGACY)
     assert chain == (revoked, anchor)
     assert reasons == (f"certificate revoked: {revoked.subject.rfc4514_string()}",)
     # without the CRL there is nothing against it
-    assert _validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, policy=LEGACY)[1] == ()
+    assert validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, policy=LEGACY)[1] == ()
     # under the strict policy revocation is still the first reason, before the weak algorithms
-    strict = _validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=STRICT)[1]
+    strict = validate_certificate(revoked, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=STRICT)[1]
     assert strict[0] == f"certificate revoked: {revoked.subject.rfc4514_string()}"
     assert len(strict) > 1
 
@@ -270,10 +270,10 @@ def test_direct_crl_leaves_the_other_certificate_valid() -> None:
         certificate_signature_hashes=LEGACY.certificate_signature_hashes,
         require_revocation_check=True,
     )
-    chain, reasons = _validate_certificate(valid, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=required)
+    chain, reasons = validate_certificate(valid, anchors=[anchor], at=AS_OF_CRL, crls=[revocations], policy=required)
     assert chain == (valid, anchor)
     assert reasons == ()
     # the CRL's nextUpdate is 2010-10-21: a month later it proves nothing any more
     later = datetime(2010, 11, 21, tzinfo=UTC)
-    stale = _validate_certificate(valid, anchors=[anchor], at=later, crls=[revocations], policy=required)[1]
+    stale = validate_certificate(valid, anchors=[anchor], at=later, crls=[revocations], policy=required)[1]
     assert stale == (f"CRL expired: {valid.subject.rfc4514_string()}",)

@@ -4,56 +4,31 @@ verifier's negative answers agree with what ``openssl cms -verify`` says about t
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mssecure.crypto.cms import LEGACY, STRICT, SignerResult, encapsulated_content, verify_signed_data
-from tests.support.testpki import Credential, ec_key, end_entity, intermediate_ca, openssl_cms_sign, root_ca, rsa_key
+from mssecure.crypto.cms import LEGACY, STRICT, encapsulated_content
+from tests.support.mailpki import NOW, MailPki, make_mail_pki, verify_one
+from tests.support.testpki import Credential, openssl_cms_sign
 
 # openssl is installed by CI (.ci/run); without it these tests fail rather than skip.
 
-NOW = datetime.now(UTC)
 CONTENT = b"Content-Type: text/plain; charset=utf-8\r\n\r\nCompte rendu d'hospitalisation\r\n"
 
 
-@dataclass(frozen=True)
-class Pki:
-    root: Credential
-    intermediate: Credential
-    rsa_signer: Credential
-    ec_signer: Credential
-
-
 @pytest.fixture(scope="module")
-def pki() -> Pki:
-    root = root_ca("OpenSSL Interop Root")
-    intermediate = intermediate_ca("OpenSSL Interop Mail CA", root)
-    return Pki(
-        root=root,
-        intermediate=intermediate,
-        rsa_signer=end_entity("rsa@chu-sud.mssante.test", intermediate, key=rsa_key(2048)),
-        ec_signer=end_entity("ec@chu-sud.mssante.test", intermediate, key=ec_key()),
-    )
-
-
-def _verify_one(signature: bytes, content: bytes | None, pki: Pki, **options: object) -> SignerResult:
-    options.setdefault("anchors", [pki.root.certificate])
-    options.setdefault("at", NOW)
-    results = verify_signed_data(signature, content, **options)  # type: ignore[arg-type]
-    assert len(results) == 1
-    return results[0]
+def pki() -> MailPki:
+    return make_mail_pki("OpenSSL Interop", rsa_email="rsa@chu-sud.mssante.test", ec_email="ec@chu-sud.mssante.test")
 
 
 @pytest.mark.parametrize("signer_name", ["rsa_signer", "ec_signer"])
 @pytest.mark.parametrize("detached", [True, False], ids=["detached", "nodetach"])
-def test_openssl_signature_verifies(pki: Pki, tmp_path: Path, signer_name: str, detached: bool) -> None:
+def test_openssl_signature_verifies(pki: MailPki, tmp_path: Path, signer_name: str, detached: bool) -> None:
     signer: Credential = getattr(pki, signer_name)
     signature = openssl_cms_sign(CONTENT, signer, tmp_path, detached=detached, certfile=[pki.intermediate.certificate])
-    result = _verify_one(signature, CONTENT if detached else None, pki)
+    result = verify_one(signature, CONTENT if detached else None, pki)
     assert result.valid, result.reasons
     assert result.chain == (signer.certificate, pki.intermediate.certificate, pki.root.certificate)
     assert result.signing_time is not None
@@ -67,28 +42,28 @@ def test_openssl_signature_verifies(pki: Pki, tmp_path: Path, signer_name: str, 
     [["-noattr"], ["-keyid"], ["-keyopt", "rsa_padding_mode:pss"], ["-md", "sha512"]],
     ids=["no-signed-attributes", "subject-key-identifier", "rsassa-pss", "sha512"],
 )
-def test_openssl_signature_variants_verify(pki: Pki, tmp_path: Path, extra_args: list[str]) -> None:
+def test_openssl_signature_variants_verify(pki: MailPki, tmp_path: Path, extra_args: list[str]) -> None:
     signature = openssl_cms_sign(
         CONTENT, pki.rsa_signer, tmp_path, certfile=[pki.intermediate.certificate], extra_args=extra_args
     )
-    result = _verify_one(signature, CONTENT, pki)
+    result = verify_one(signature, CONTENT, pki)
     assert result.valid, result.reasons
-    tampered = _verify_one(signature, CONTENT.replace(b"hospitalisation", b"hospitalisatioN"), pki)
+    tampered = verify_one(signature, CONTENT.replace(b"hospitalisation", b"hospitalisatioN"), pki)
     expected = "signature is invalid" if "-noattr" in extra_args else "message digest does not match the content"
     assert tampered.reasons == (expected,)
 
 
-def test_openssl_sha1_signature_needs_legacy_policy(pki: Pki, tmp_path: Path) -> None:
+def test_openssl_sha1_signature_needs_legacy_policy(pki: MailPki, tmp_path: Path) -> None:
     signature = openssl_cms_sign(
         CONTENT, pki.rsa_signer, tmp_path, digest="sha1", certfile=[pki.intermediate.certificate]
     )
-    assert _verify_one(signature, CONTENT, pki, policy=STRICT).reasons == ("digest algorithm sha1 is not allowed",)
-    legacy = _verify_one(signature, CONTENT, pki, policy=LEGACY)
+    assert verify_one(signature, CONTENT, pki, policy=STRICT).reasons == ("digest algorithm sha1 is not allowed",)
+    legacy = verify_one(signature, CONTENT, pki, policy=LEGACY)
     assert legacy.valid, legacy.reasons
     assert legacy.digest_algorithm == "sha1"
 
 
-def _openssl_verify(signature: bytes, content: bytes, pki: Pki, workdir: Path) -> bool:
+def _openssl_verify(signature: bytes, content: bytes, pki: MailPki, workdir: Path) -> bool:
     (workdir / "sig.der").write_bytes(signature)
     (workdir / "content.bin").write_bytes(content)
     (workdir / "root.pem").write_bytes(pki.root.certificate.public_bytes(Encoding.PEM))
@@ -99,9 +74,9 @@ def _openssl_verify(signature: bytes, content: bytes, pki: Pki, workdir: Path) -
     return completed.returncode == 0
 
 
-def test_verdicts_agree_with_openssl(pki: Pki, tmp_path: Path) -> None:
+def test_verdicts_agree_with_openssl(pki: MailPki, tmp_path: Path) -> None:
     signature = openssl_cms_sign(CONTENT, pki.ec_signer, tmp_path, certfile=[pki.intermediate.certificate])
     for content in (CONTENT, CONTENT + b"\r\n"):
-        ours = _verify_one(signature, content, pki).valid
+        ours = verify_one(signature, content, pki).valid
         assert ours == _openssl_verify(signature, content, pki, tmp_path)
     assert _openssl_verify(signature, CONTENT, pki, tmp_path)  # the agreement above is not two failures

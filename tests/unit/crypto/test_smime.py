@@ -162,8 +162,22 @@ def test_encrypt_decrypt_round_trip_and_the_wrong_key(ca: Issued, doctor: Issued
 def test_encrypting_to_an_ec_certificate_is_refused_clearly(ca: Issued) -> None:
     ec_entry = EntryData(address="lab@chu-nord.mssante.test", kind=Kind.APPLICATIVE)
     lab = issue_smime(ca, ec_entry, now=NOW, crl_url="http://x.test/ca.crl", key_type="p256")
-    with pytest.raises(SignatureError, match="not an RSA key"):
+    with pytest.raises(SignatureError) as refused:
         smime.encrypt(MESSAGE, [lab.certificate])
+    assert str(refused.value) == (
+        "cannot encrypt to lab@chu-nord.mssante.test: its certificate has an elliptic-curve key (P-256), and mssecure "
+        "encrypts to RSA certificates only (EC recipients need ECDH key agreement, which is not supported); the "
+        "recipient needs an RSA certificate"
+    )
+
+
+def test_cryptography_still_envelopes_to_rsa_recipients_only(ca: Issued) -> None:
+    """Why the refusal above exists: when a cryptography release adds EC recipients, this fails and the refusal
+    can go (with a test against openssl cms -decrypt)."""
+    ec_entry = EntryData(address="lab@chu-nord.mssante.test", kind=Kind.APPLICATIVE)
+    lab = issue_smime(ca, ec_entry, now=NOW, crl_url="http://x.test/ca.crl", key_type="p256")
+    with pytest.raises(TypeError, match="Only RSA keys are supported"):
+        pkcs7.PKCS7EnvelopeBuilder().set_data(b"x").add_recipient(lab.certificate)
 
 
 @pytest.mark.parametrize(

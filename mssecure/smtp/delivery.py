@@ -1,0 +1,231 @@
+"""The delivery workers: claim due recipients from the queue, deliver them locally (Maildir) or to the peer
+operator's relay (aiosmtplib, STARTTLS with our client certificate, the peer verified against its trust bundle),
+and record the outcome: delivered, deferred (retried on the schedule) or bounced (one DSN to the sender).
+
+Never a fallback to clear text or to an unverified peer: a TLS failure is a deferral like a connection refused.
+Crypto, database and disk work run in threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiosmtplib
+import sqlalchemy as sa
+from cryptography import x509
+from sqlalchemy.orm import Session, sessionmaker
+
+from mssecure.crypto.authority import OperatorMaterial
+from mssecure.crypto.models import TrustedOperator
+from mssecure.db import utcnow
+from mssecure.errors import QueueError
+from mssecure.smtp.events import Event, EventSink
+from mssecure.smtp.maildir import Maildirs
+from mssecure.smtp.notifications import FailedRecipient
+from mssecure.smtp.processing import Processor
+from mssecure.smtp.queue import Claim, Outgoing, Queue
+from mssecure.smtp.tls import client_context
+
+__all__ = ["DeliveryWorker"]
+
+log = logging.getLogger("mssecure.delivery")
+
+
+@dataclass(frozen=True)
+class _Peer:
+    domain: str
+    hostname: str
+    host: str
+    port: int
+    ca_pem: str
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        processor: Processor,
+        maildirs: Maildirs,
+        material: OperatorMaterial,
+        sessions: sessionmaker[Session],
+        events: EventSink,
+        connections_per_destination: int,
+        connect_timeout: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.queue = queue
+        self.processor = processor
+        self.maildirs = maildirs
+        self.material = material
+        self.sessions = sessions
+        self.events = events
+        self.connections_per_destination = connections_per_destination
+        self.connect_timeout = connect_timeout
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def enqueue(self, items: list[Outgoing]) -> list[str]:
+        """Queue follow-up messages (notifications) from a worker thread."""
+        return self.queue.enqueue(items) if items else []
+
+    async def run(self, stop: asyncio.Event, *, poll: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                claims = await asyncio.to_thread(self.queue.claim)
+            except Exception:
+                log.exception("cannot claim from the queue")
+                claims = []
+            for claim in claims:
+                task = asyncio.create_task(self._guarded(claim))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if claims:
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=poll)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _guarded(self, claim: Claim) -> None:
+        limit = self._limits.setdefault(claim.destination, asyncio.Semaphore(self.connections_per_destination))
+        async with limit:
+            try:
+                if claim.destination == "local":
+                    await self._deliver_local(claim)
+                else:
+                    await self._deliver_remote(claim)
+            except Exception as exc:  # a bug or the database: retry later, with the stack in the log
+                log.exception("delivery of %s failed unexpectedly", claim.queue_id)
+                ids = [rid for rid, _ in claim.recipients]
+                await asyncio.to_thread(self.queue.deferred, ids, f"internal error: {type(exc).__name__}",
+                                        attempts=claim.attempts)  # fmt: skip
+
+    # Local
+
+    async def _deliver_local(self, claim: Claim) -> None:
+        data = await asyncio.to_thread(self.queue.spool.read, claim.queue_id)
+        for recipient_id, address in claim.recipients:
+            path, _ = await asyncio.to_thread(self.maildirs.deliver, address, data, f"{claim.queue_id}.{recipient_id}")
+            followers = await asyncio.to_thread(self.processor.dispatched, claim, address, data)
+            await asyncio.to_thread(self._finish_local, recipient_id, followers)
+            self.events(Event("delivered", "ok", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
+                              sender=claim.sender, recipients=(address,), reason=f"maildir {path.name}"))  # fmt: skip
+        self.wake.set()
+
+    def _finish_local(self, recipient_id: int, followers: list[Outgoing]) -> None:
+        self.enqueue(followers)
+        self.queue.delivered([recipient_id])
+
+    # Remote
+
+    def _peer(self, domain: str) -> _Peer | None:
+        with self.sessions() as session:
+            row = session.scalars(sa.select(TrustedOperator).where(TrustedOperator.domain == domain)).one_or_none()
+            if row is None:
+                return None
+            host, _, port = row.relay.rpartition(":")
+            return _Peer(row.domain, row.hostname, host, int(port), row.ca_pem)
+
+    async def _deliver_remote(self, claim: Claim) -> None:
+        ids = {address: rid for rid, address in claim.recipients}
+        peer = await asyncio.to_thread(self._peer, claim.destination)
+        if peer is None:
+            await self._bounce(claim, list(ids), "5.7.1", "the destination operator left the trust space")
+            return
+        data = await asyncio.to_thread(self.queue.spool.read, claim.queue_id)
+        try:
+            refused, reply = await self._send(peer, claim.sender, list(ids), data)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = {e.recipient: (e.code, e.message) for e in exc.recipients}
+            reply = ""
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._failed(claim, list(ids), exc.code, f"{exc.code} {exc.message}", peer)
+            return
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            await self._defer(claim, list(ids), f"{peer.host}:{peer.port}: {type(exc).__name__}: {exc}")
+            return
+        accepted = [a for a in ids if a not in refused]
+        if accepted:
+            await asyncio.to_thread(self.queue.delivered, [ids[a] for a in accepted])
+            self.events(Event("relayed", "ok", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
+                              sender=claim.sender, recipients=tuple(accepted), reply=reply[:200]))  # fmt: skip
+        for address, (code, message) in refused.items():
+            await self._failed(claim, [address], code, f"{code} {message}", peer)
+
+    async def _send(
+        self, peer: _Peer, sender: str, recipients: list[str], data: bytes
+    ) -> tuple[dict[str, tuple[int, str]], str]:
+        anchors = [x509.load_pem_x509_certificate(peer.ca_pem.encode())]
+        context = await asyncio.to_thread(client_context, self.material, anchors)
+        client = aiosmtplib.SMTP(
+            hostname=peer.host, port=peer.port, start_tls=False, timeout=self.connect_timeout,
+            local_hostname=self.processor.hostname,
+        )  # fmt: skip
+        await client.connect()
+        try:
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                raise aiosmtplib.SMTPException(f"{peer.hostname} does not offer STARTTLS")
+            await client.starttls(server_hostname=peer.hostname, tls_context=context)
+            errors, reply = await client.sendmail(sender, recipients, data)
+            return {a: (r.code, r.message) for a, r in errors.items()}, reply
+        finally:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def _failed(self, claim: Claim, addresses: list[str], code: int, error: str, peer: _Peer) -> None:
+        if 400 <= code < 500:
+            await self._defer(claim, addresses, error)
+        else:
+            status = _enhanced(error) or "5.0.0"
+            await self._bounce(claim, addresses, status, f"smtp; {error}", remote=peer.hostname)
+
+    async def _defer(self, claim: Claim, addresses: list[str], error: str) -> None:
+        ids = [rid for rid, address in claim.recipients if address in addresses]
+        if self.clock() >= claim.expires_at:
+            await self._bounce(claim, addresses, "4.4.7", f"delivery time expired; last error: {error}")
+            return
+        when = await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts)
+        self.events(Event("deferred", "deferred", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
+                          sender=claim.sender, recipients=tuple(addresses),
+                          reason=f"{error[:300]}; next attempt {when.isoformat()}"))  # fmt: skip
+
+    async def _bounce(
+        self, claim: Claim, addresses: list[str], status: str, diagnostic: str, *, remote: str | None = None
+    ) -> None:
+        ids = [rid for rid, address in claim.recipients if address in addresses]
+        failures = [FailedRecipient(a, status, diagnostic, remote) for a in addresses]
+        try:
+            original = await asyncio.to_thread(self.queue.spool.read, claim.queue_id)
+        except QueueError:
+            original = b""
+        notices = await asyncio.to_thread(self.processor.dsn, claim, failures, original)
+        await asyncio.to_thread(self._finish_bounce, ids, diagnostic, notices)
+        self.events(Event("bounced", "failed", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
+                          sender=claim.sender, recipients=tuple(addresses), reason=diagnostic[:300]))  # fmt: skip
+        self.wake.set()
+
+    def _finish_bounce(self, ids: list[int], diagnostic: str, notices: list[Outgoing]) -> None:
+        self.enqueue(notices)
+        self.queue.bounced(ids, diagnostic)
+
+
+def _enhanced(error: str) -> str | None:
+    parts = error.split()
+    for part in parts[1:3]:
+        pieces = part.split(".")
+        if len(pieces) == 3 and all(p.isdigit() for p in pieces) and pieces[0] in ("4", "5"):
+            return part
+    return None

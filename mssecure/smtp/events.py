@@ -1,0 +1,55 @@
+"""Decisions of the relay as events: one structured line each in the log, and one narrow hook for the archive.
+
+An event names what was decided, by whom, about which message (queue id, Message-ID, SHA-256 of the bytes) and
+envelope, with the outcome, the reason and the reply sent. Never a body, a subject, a password or a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from mssecure.db import utcnow
+
+__all__ = ["Event", "EventSink", "LogSink"]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # submission.accepted, submission.refused, auth.failed, inbound.refused, delivered, deferred, ...
+    outcome: str  # ok, refused, failed, deferred, suppressed
+    actor: str | None = None  # authenticated address, peer operator domain, operator account, "relay"
+    peer: str | None = None  # client IP
+    queue_id: str | None = None
+    message_id: str | None = None
+    sha256: str | None = None
+    sender: str | None = None
+    recipients: tuple[str, ...] = ()
+    reason: str | None = None
+    reply: str | None = None
+    time: datetime = field(default_factory=utcnow)
+
+    def to_json(self) -> dict[str, object]:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        data["time"] = self.time.isoformat()
+        data["recipients"] = list(self.recipients) if self.recipients else None
+        return {k: v for k, v in data.items() if v is not None}
+
+
+EventSink = Callable[[Event], None]
+
+
+class LogSink:
+    """Writes each event as one JSON line to the ``mssecure.events`` logger (and on to ``forward``, if any)."""
+
+    def __init__(self, forward: EventSink | None = None) -> None:
+        self.log = logging.getLogger("mssecure.events")
+        self.forward = forward
+
+    def __call__(self, event: Event) -> None:
+        self.log.info(json.dumps(event.to_json(), ensure_ascii=False, sort_keys=True))
+        if self.forward is not None:
+            self.forward(event)

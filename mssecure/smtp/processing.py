@@ -1,0 +1,529 @@
+"""What the relay does to a message between the SMTP handlers and the queue: synchronous, called off the event
+loop, with the database and the operator's keys. Every refusal is a ``Refused`` (reply + precise reason).
+
+- **submission** (a professional's mail client): sign with the sender's certificate (or verify what the client
+  signed itself: end-to-end mode), then per destination — local recipients get the signed message with an
+  ``Authentication-Results`` header; each peer operator gets one message encrypted to its recipients'
+  certificates and DKIM-signed by us.
+- **inbound** (a peer operator): decrypt with a recipient's key, verify the S/MIME signature (the signer must be a
+  certified address of that peer) and DKIM, and queue the decrypted signed message, with the verified identity in
+  ``Authentication-Results``, for the local recipients (entries flagged end-to-end get the encrypted form).
+  Acknowledgments: a ``processed`` MDN goes back when asked for; a notice about a message we sent is matched to
+  its tracking row, so the sender gets exactly one final notice.
+- **notifications**: DSNs (from ``mailer-daemon@<domain>``) and MDNs (on behalf of the recipient, the Direct
+  Project way), signed, and encrypted when they leave for a peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import make_msgid
+
+import sqlalchemy as sa
+from cryptography import x509
+from sqlalchemy.orm import Session, sessionmaker
+
+from mssecure.config import Config
+from mssecure.crypto import smime
+from mssecure.crypto.authority import CertificateService, OperatorMaterial
+from mssecure.crypto.dkim import DkimResult, dkim_sign, dkim_verify
+from mssecure.crypto.pki import fingerprint
+from mssecure.crypto.trust import TrustSpace
+from mssecure.db import utcnow
+from mssecure.directory import Directory
+from mssecure.directory.models import Entry
+from mssecure.directory.records import EntryData, Kind
+from mssecure.errors import CertificateError, EntryExists, Refused, SignatureError, TrustError
+from mssecure.smtp import mime, notifications, replies
+from mssecure.smtp.models import Delegation, Mailbox, Tracking
+from mssecure.smtp.policy import EntryView, check_header_from, check_header_size
+from mssecure.smtp.queue import Claim, Outgoing
+
+__all__ = ["Envelope", "Processor", "notice_sender"]
+
+log = logging.getLogger("mssecure.relay")
+
+MAILER_DAEMON = "mailer-daemon"
+_REPLACED_FIELDS = {"authentication-results", "return-path", "dkim-signature"}
+
+
+def notice_sender(domain: str) -> str:
+    return f"{MAILER_DAEMON}@{domain}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    actor: str  # the authenticated address, or the peer operator's domain
+
+
+class DirectoryView:
+    """The policy's view of the directory and the trust space, over one session."""
+
+    def __init__(self, session: Session, config: Config) -> None:
+        self.session = session
+        self.config = config
+        self.local_domains = config.operator.domains
+        self._trusted: frozenset[str] | None = None
+
+    def entry(self, address: str) -> EntryView | None:
+        row = self.session.execute(
+            sa.select(Entry.address, Entry.kind, Entry.status).where(Entry.address == address.lower())
+        ).one_or_none()
+        if row is None:
+            return None
+        return EntryView(row.address, row.kind, row.status, row.address.rpartition("@")[2] in self.local_domains)
+
+    def is_delegate(self, organization: str, person: str) -> bool:
+        found = self.session.scalar(
+            sa.select(Delegation.id).where(Delegation.organization == organization, Delegation.delegate == person)
+        )
+        return found is not None
+
+    def trusted_domains(self) -> frozenset[str]:
+        if self._trusted is None:
+            self._trusted = TrustSpace(self.session, self.config, actor="relay").trusted_domains()
+        return self._trusted
+
+
+def _quoted(value: str) -> str:
+    cleaned = " ".join(value.replace("\\", "\\\\").replace('"', '\\"').split())
+    return f'"{cleaned}"'
+
+
+class Processor:
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        material: OperatorMaterial,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.material = material
+        self.clock = clock
+        self.hostname = config.operator.hostname
+        self._ca = material.ca_certificate()
+        self._dkim_key = material.keystore.load("dkim")
+
+    # Identities and credentials
+
+    def ensure_notice_identity(self) -> None:
+        """The ``mailer-daemon@<domain>`` applicative entry and certificate that sign our DSNs."""
+        address = notice_sender(self.config.operator.domain)
+        with self.sessions.begin() as session:
+            book = Directory(session, local_domains=self.config.operator.domains, actor="relay", source="relay")
+            if book.find(address) is None:
+                with contextlib.suppress(EntryExists):
+                    book.add(EntryData(address=address, kind=Kind.APPLICATIVE, organization="mssecure relay"))
+            service = CertificateService(session, self.material, clock=self.clock)
+            try:
+                service.current(address)
+            except CertificateError:
+                service.issue(address)
+
+    def password_hash(self, login: str) -> str | None:
+        """The stored hash of an active local entry's mailbox (None for anyone else)."""
+        with self.sessions() as session:
+            row = session.execute(
+                sa.select(Mailbox.password_hash)
+                .join(Entry, Entry.address == Mailbox.address)
+                .where(Mailbox.address == login.lower(), Entry.status == "active")
+            ).one_or_none()
+        return row.password_hash if row is not None else None
+
+    def client_certificate_owner(self, der: bytes) -> str | None:
+        """The local address a TLS client certificate was issued to by our CA (valid, not on hold), else None."""
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        with self.sessions() as session:
+            from mssecure.crypto.models import CertificateRecord
+
+            record = session.scalars(
+                sa.select(CertificateRecord).where(CertificateRecord.fingerprint == fingerprint(certificate))
+            ).first()
+        now = self.clock()
+        if record is None or record.private_key_pem is None or record.status != "valid":
+            return None
+        if not record.not_before <= now <= record.not_after:
+            return None
+        return record.address
+
+    # Submission
+
+    def submission(self, envelope: Envelope) -> list[Outgoing]:
+        data = envelope.data
+        check_header_size(data, self.config.smtp.max_header_size)
+        check_header_from(mime.header_from(data), envelope.sender)
+        if not mime.header_value(data, "message-id"):
+            data = mime.prepend(data, f"Message-ID: {make_msgid(domain=self.hostname)}")
+        if not mime.header_value(data, "date"):
+            from email.utils import format_datetime
+
+            data = mime.prepend(data, f"Date: {format_datetime(self.clock())}")
+        message_id = mime.header_value(data, "message-id")[0]
+        request = notifications.notification_request(data)
+        with self.sessions.begin() as session:
+            certificates = CertificateService(session, self.material, clock=self.clock)
+            if smime.is_encrypted(data):
+                signed = data  # end-to-end: the client encrypted; nothing to verify here
+            elif smime.is_signed(data):
+                verification = self._verify(session, data)
+                if not verification.valid:
+                    raise Refused(replies.VERIFICATION_FAILED, "; ".join(verification.all_reasons()))
+                signed = data
+            else:
+                try:
+                    record = certificates.current(envelope.sender)
+                except CertificateError as exc:
+                    raise Refused(replies.SIGNING_FAILED, str(exc)) from None
+                certificate = x509.load_pem_x509_certificate(record.certificate_pem.encode())
+                signed = smime.sign(data, certificate, certificates.key_of(record), chain=[self._ca])
+            outgoing = self._route(session, envelope, signed, certificates, message_id, request)
+            if request.disposition_to:
+                self._track(session, message_id, envelope.recipients, envelope.sender, request.final_delivery)
+        return outgoing
+
+    def _route(
+        self,
+        session: Session,
+        envelope: Envelope,
+        signed: bytes,
+        certificates: CertificateService,
+        message_id: str,
+        request: notifications.NotificationRequest,
+    ) -> list[Outgoing]:
+        local = [r for r in envelope.recipients if r.rpartition("@")[2] in self.config.operator.domains]
+        remote: dict[str, list[str]] = {}
+        space = TrustSpace(session, self.config, actor="relay")
+        for recipient in envelope.recipients:
+            if recipient in local:
+                continue
+            try:
+                peer = space.get(recipient.rpartition("@")[2])
+            except TrustError:
+                raise Refused(replies.RECIPIENT_OUTSIDE_TRUST_SPACE, f"{recipient} left the trust space") from None
+            remote.setdefault(peer.domain, []).append(recipient)
+        outgoing: list[Outgoing] = []
+        if local:
+            outgoing.extend(
+                self._for_local(session, signed, tuple(local), origin="submission", sender=envelope.sender,
+                                actor=envelope.actor, peer_domains=None, dkim=None)
+            )  # fmt: skip
+        for domain, recipients in remote.items():
+            if smime.is_encrypted(signed):
+                wire = signed
+            else:
+                try:
+                    targets = [certificates.for_encryption(r) for r in recipients]
+                    wire = smime.encrypt(signed, targets)
+                except (CertificateError, SignatureError) as exc:
+                    raise Refused(replies.RECIPIENT_NO_CERTIFICATE, str(exc)) from None
+            wire = self._dkim(wire, envelope.sender)
+            outgoing.append(
+                Outgoing(destination=domain, recipients=tuple(recipients), data=wire, origin="submission",
+                         kind="message", sender=envelope.sender, actor=envelope.actor, message_id=message_id,
+                         disposition_to=request.disposition_to, final_delivery=request.final_delivery)
+            )  # fmt: skip
+        return outgoing
+
+    def _dkim(self, message: bytes, sender: str) -> bytes:
+        domain = sender.rpartition("@")[2] or self.config.operator.domain
+        if domain not in self.config.operator.domains:
+            domain = self.config.operator.domain
+        return dkim_sign(message, domain=domain, selector=self.config.dkim.selector, key=self._dkim_key)
+
+    def _track(
+        self, session: Session, message_id: str, recipients: Sequence[str], sender: str, final_delivery: bool
+    ) -> None:
+        now = self.clock()
+        message_id = notifications.normalize_message_id(message_id) or message_id
+        for recipient in recipients:
+            exists = session.scalar(
+                sa.select(Tracking.id).where(Tracking.message_id == message_id, Tracking.recipient == recipient)
+            )
+            if exists is None:
+                session.add(
+                    Tracking(message_id=message_id, recipient=recipient, sender=sender, final_delivery=final_delivery,
+                             outcome=None, created_at=now, updated_at=now)
+                )  # fmt: skip
+
+    # Inbound
+
+    def inbound(self, envelope: Envelope, peer_domains: frozenset[str]) -> list[Outgoing]:
+        data = envelope.data
+        check_header_size(data, self.config.smtp.max_header_size)
+        with self.sessions.begin() as session:
+            space = TrustSpace(session, self.config, actor="relay")
+            dkim = dkim_verify(data, keys=space.dkim_keys())
+            return self._for_local(session, data, envelope.recipients, origin="inbound", sender=envelope.sender,
+                                   actor=envelope.actor, peer_domains=peer_domains, dkim=dkim)  # fmt: skip
+
+    def _for_local(
+        self,
+        session: Session,
+        message: bytes,
+        recipients: tuple[str, ...],
+        *,
+        origin: str,
+        sender: str,
+        actor: str,
+        peer_domains: frozenset[str] | None,
+        dkim: DkimResult | None,
+    ) -> list[Outgoing]:
+        """Decrypt (when encrypted) and verify a message for local recipients; the queue items that deliver it."""
+        certificates = CertificateService(session, self.material, clock=self.clock)
+        end_to_end = set(
+            session.scalars(
+                sa.select(Mailbox.address).where(Mailbox.address.in_(recipients), Mailbox.end_to_end.is_(True))
+            )
+        )
+        if smime.is_encrypted(message):
+            signed = self._decrypt(certificates, message, recipients)
+        elif origin == "inbound" and self.config.delivery.require_encrypted_inbound:
+            raise Refused(replies.NOT_ENCRYPTED, "inbound message is not encrypted")
+        else:
+            signed = message
+        if not smime.is_signed(signed):
+            raise Refused(replies.NOT_SIGNED, "message is not S/MIME signed")
+        verification = self._verify(session, signed)
+        if not verification.valid:
+            raise Refused(replies.VERIFICATION_FAILED, "; ".join(verification.all_reasons()))
+        signer = verification.valid_signer
+        if signer is None or signer.address is None:
+            raise Refused(replies.VERIFICATION_FAILED, "no valid signer with an address")
+        signer_domain = signer.address.rpartition("@")[2]
+        if peer_domains is not None and signer_domain not in peer_domains:
+            raise Refused(replies.VERIFICATION_FAILED, f"signer {signer.address} is not an address of the peer")
+        entry = session.scalars(sa.select(Entry).where(Entry.address == signer.address)).one_or_none()
+        if entry is None or entry.status != "active":
+            state = "not in the directory" if entry is None else entry.status
+            raise Refused(replies.VERIFICATION_FAILED, f"signer {signer.address} is {state}")
+        inner = verification.inner_message or verification.content
+        header = self._authentication_results(signer.address, entry, signer.result.certificate, dkim)
+        # Our own verdict replaces any a sender wrote (RFC 8601 §5); the transport DKIM signature does not survive
+        # decryption, so it goes too.
+        delivered = mime.without_fields(signed, _REPLACED_FIELDS)
+        subjects = mime.header_value(inner, "subject")
+        if subjects and not mime.header_value(delivered, "subject"):
+            delivered = mime.prepend(delivered, f"Subject: {subjects[0]}")
+        delivered = mime.prepend(delivered, f"Return-Path: <{sender}>", header)
+        ids = mime.header_value(inner, "message-id")
+        message_id = ids[0] if ids else None
+        request = notifications.notification_request(inner)
+        notice = notifications.parse_notice(inner)
+        normal = tuple(r for r in recipients if r not in end_to_end)
+        if notice is not None and origin == "inbound" and not self._notice_wanted(session, notice):
+            log.info("notice suppressed: %s for %s (%s)", notice.outcome, notice.final_recipient, notice.kind)
+            return []
+        kind = notice.kind if notice is not None else "message"
+        outgoing = []
+        if normal:
+            outgoing.append(
+                Outgoing(destination="local", recipients=normal, data=delivered, origin=origin, kind=kind,
+                         sender=sender, actor=actor, message_id=message_id,
+                         disposition_to=request.disposition_to if notice is None else None,
+                         final_delivery=request.final_delivery)
+            )  # fmt: skip
+        if end_to_end:
+            encrypted = mime.prepend(
+                mime.without_fields(message, {"authentication-results", "return-path"}),
+                f"Return-Path: <{sender}>",
+                header,
+            )
+            outgoing.append(
+                Outgoing(destination="local", recipients=tuple(sorted(end_to_end)), data=encrypted, origin=origin,
+                         kind=kind, sender=sender, actor=actor, message_id=message_id,
+                         disposition_to=request.disposition_to if notice is None else None,
+                         final_delivery=request.final_delivery)
+            )  # fmt: skip
+        if notice is None and request.disposition_to and message_id:
+            subject = subjects[0] if subjects else None
+            for recipient in recipients:
+                outgoing.extend(
+                    self.mdn(session, recipient, request.disposition_to, message_id, "processed", subject=subject)
+                )
+        return outgoing
+
+    def _decrypt(self, certificates: CertificateService, message: bytes, recipients: Sequence[str]) -> bytes:
+        for recipient in recipients:
+            try:
+                pairs = certificates.decryption_keys(recipient)
+            except CertificateError:
+                continue
+            for certificate, key in pairs:
+                try:
+                    return mime.with_entity(message, smime.decrypt(message, certificate, key))
+                except SignatureError:
+                    continue
+        raise Refused(replies.DECRYPTION_FAILED, "no recipient key decrypts the message")
+
+    def _anchors(self, session: Session) -> Callable[[str | None], list[x509.Certificate]]:
+        space = TrustSpace(session, self.config, actor="relay")
+
+        def anchors_for(address: str | None) -> list[x509.Certificate]:
+            if address is None:
+                return []
+            if address.rpartition("@")[2] in self.config.operator.domains:
+                return [self._ca]
+            peer = space.anchor_for(address)
+            return [peer] if peer is not None else []
+
+        return anchors_for
+
+    def _verify(self, session: Session, message: bytes) -> smime.Verification:
+        space = TrustSpace(session, self.config, actor="relay")
+        try:
+            return smime.verify(
+                message,
+                anchors=self._anchors(session),
+                crls=[self.material.crl(), *space.crls()],
+                at=self.clock(),
+            )
+        except SignatureError as exc:
+            raise Refused(replies.VERIFICATION_FAILED, str(exc)) from None
+
+    def _authentication_results(
+        self, address: str, entry: Entry, certificate: x509.Certificate | None, dkim: DkimResult | None
+    ) -> str:
+        """RFC 8601 with the S/MIME method of RFC 7281, and the signer's identity as found in the directory."""
+        smime_part = f"smime=pass body.smime-identifier={address}"
+        if certificate is not None:
+            smime_part += f" body.smime-serial={certificate.serial_number:X}"
+        identity = {
+            "name": entry.to_data().display_name,
+            "national-id": entry.national_id,
+            "profession": entry.profession_label,
+            "specialty": entry.specialty_label,
+            "organization": entry.organization,
+        }
+        for key, value in identity.items():
+            if value:
+                smime_part += f" policy.mssecure-{key}={_quoted(value)}"
+        if dkim is None:
+            dkim_part = "dkim=none"
+        elif dkim.valid:
+            dkim_part = f"dkim=pass header.d={dkim.domain} header.s={dkim.selector}"
+        else:
+            dkim_part = f"dkim=fail ({_quoted(dkim.reason or 'invalid')[1:-1]})"
+        return f"Authentication-Results: {self.hostname};\r\n\t{smime_part};\r\n\t{dkim_part}"
+
+    # Notifications
+
+    def _notice_wanted(self, session: Session, notice: notifications.Notice) -> bool:
+        """Whether a notice about a message we sent reaches its sender: exactly one final notice per recipient.
+
+        A notice reporting several recipients is wanted when it brings news for at least one of them."""
+        wanted = False
+        for part in notice.per_recipient():
+            if not part.original_message_id or not part.final_recipient:
+                wanted = True
+                continue
+            row = session.scalars(
+                sa.select(Tracking).where(
+                    Tracking.message_id == part.original_message_id, Tracking.recipient == part.final_recipient
+                )
+            ).one_or_none()
+            if row is None:
+                wanted = True  # not a message we track: deliver it as it is
+            elif row.outcome is not None:
+                continue  # a late duplicate, or a notice after the final one
+            elif notifications.is_final(part, final_delivery_requested=row.final_delivery):
+                row.outcome, row.updated_at = part.outcome, self.clock()
+                wanted = True
+            # else "processed" when the sender asked for final delivery: wait for "dispatched" (or a failure)
+        return wanted
+
+    def mdn(
+        self,
+        session: Session,
+        recipient: str,
+        to: str,
+        message_id: str,
+        disposition: notifications.Disposition,
+        *,
+        subject: str | None = None,
+    ) -> list[Outgoing]:
+        """An MDN from ``recipient`` (signed with its key) to ``to``: queued locally, or encrypted for a peer."""
+        body = notifications.build_mdn(
+            final_recipient=recipient, to_address=to, original_message_id=message_id, disposition=disposition,
+            reporting_ua=self.hostname, now=self.clock(), original_subject=subject,
+        )  # fmt: skip
+        return self._notification(session, body, signer=recipient, to=to, kind="mdn", envelope_sender=recipient)
+
+    def dsn(self, claim: Claim, failures: Sequence[notifications.FailedRecipient], original: bytes) -> list[Outgoing]:
+        """One DSN to the claim's sender for ``failures`` (only ever for our own local senders)."""
+        if not claim.sender or claim.kind != "message":
+            return []  # never a notice about a notice (RFC 3464 §2: no DSN for a null reverse-path)
+        head, _ = mime.split(original)
+        body = notifications.build_dsn(
+            reporting_mta=self.hostname, from_address=notice_sender(self.config.operator.domain),
+            to_address=claim.sender, original_message_id=claim.message_id, original_headers=head,
+            recipients=failures, arrival=claim.created_at, now=self.clock(),
+        )  # fmt: skip
+        with self.sessions.begin() as session:
+            tracked_id = notifications.normalize_message_id(claim.message_id)
+            for failure in failures:
+                if tracked_id:
+                    row = session.scalars(
+                        sa.select(Tracking).where(
+                            Tracking.message_id == tracked_id, Tracking.recipient == failure.address
+                        )
+                    ).one_or_none()
+                    if row is not None and row.outcome is None:
+                        row.outcome, row.updated_at = "failed", self.clock()
+            return self._notification(
+                session, body, signer=notice_sender(self.config.operator.domain), to=claim.sender, kind="dsn",
+                envelope_sender="",
+            )  # fmt: skip
+
+    def dispatched(self, claim: Claim, recipient: str, original: bytes) -> list[Outgoing]:
+        """The ``dispatched`` MDN once a message is in the recipient's mailbox, when final delivery was asked."""
+        if not (claim.kind == "message" and claim.disposition_to and claim.final_delivery and claim.message_id):
+            return []
+        subjects = mime.header_value(original, "subject")
+        with self.sessions.begin() as session:
+            return self.mdn(session, recipient, claim.disposition_to, claim.message_id, "dispatched",
+                            subject=subjects[0] if subjects else None)  # fmt: skip
+
+    def _notification(
+        self, session: Session, body: bytes, *, signer: str, to: str, kind: str, envelope_sender: str
+    ) -> list[Outgoing]:
+        certificates = CertificateService(session, self.material, clock=self.clock)
+        try:
+            record = certificates.current(signer)
+        except CertificateError as exc:
+            log.warning("cannot sign a %s as %s: %s", kind, signer, exc)
+            return []
+        certificate = x509.load_pem_x509_certificate(record.certificate_pem.encode())
+        signed = smime.sign(body, certificate, certificates.key_of(record), chain=[self._ca])
+        domain = to.rpartition("@")[2]
+        message_id = mime.header_value(body, "message-id")[0] if mime.header_value(body, "message-id") else None
+        if domain in self.config.operator.domains:
+            verification = self._verify(session, signed)
+            entry = session.scalars(sa.select(Entry).where(Entry.address == signer)).one()
+            certificate_ = verification.valid_signer.result.certificate if verification.valid_signer else None
+            header = self._authentication_results(signer, entry, certificate_, None)
+            data = mime.prepend(signed, f"Return-Path: <{envelope_sender}>", header)
+            return [Outgoing(destination="local", recipients=(to,), data=data, origin="notification", kind=kind,
+                             sender=envelope_sender, actor="relay", message_id=message_id)]  # fmt: skip
+        space = TrustSpace(session, self.config, actor="relay")
+        try:
+            peer = space.get(domain)
+            wire = smime.encrypt(signed, [certificates.for_encryption(to)])
+        except (TrustError, CertificateError, SignatureError) as exc:
+            log.warning("cannot send a %s to %s: %s", kind, to, exc)
+            return []
+        wire = self._dkim(wire, signer)
+        return [Outgoing(destination=peer.domain, recipients=(to,), data=wire, origin="notification", kind=kind,
+                         sender=envelope_sender, actor="relay", message_id=message_id)]  # fmt: skip

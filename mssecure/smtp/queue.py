@@ -1,0 +1,337 @@
+"""The durable queue: message bytes in spool files, envelopes and per-recipient state in the database.
+
+Discipline (Postfix's): a message is written to a spool file, fsynced, renamed into place and its directory
+fsynced, and only then are its rows committed — and only after that commit does the server answer 250. A crash
+before the commit leaves an orphan file (removed at start-up) and no row: nothing half-delivered. A crash after it
+loses nothing: the rows are found at restart. Delivery claims due recipients with a lease (``delivering`` until
+``next_attempt_at``), so a worker that dies leaves them to be claimed again once the lease expires; on PostgreSQL
+several relay processes claim with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from mssecure.db import utcnow
+from mssecure.errors import QueueError
+from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
+
+__all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(10).upper()
+
+
+class Spool:
+    """Message files, one per queue id, written durably."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def ensure(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def path(self, queue_id: str) -> Path:
+        if not queue_id.isalnum():
+            raise QueueError(f"invalid queue id {queue_id!r}")
+        return self.directory / queue_id
+
+    def write(self, queue_id: str, data: bytes) -> None:
+        final = self.path(queue_id)
+        temporary = final.with_name(f".{queue_id}.tmp")
+        write_synced(temporary, data, os.O_EXCL)
+        os.replace(temporary, final)
+        sync_directory(self.directory)
+
+    def read(self, queue_id: str) -> bytes:
+        try:
+            return self.path(queue_id).read_bytes()
+        except FileNotFoundError:
+            raise QueueError(f"the spool file of {queue_id} is missing") from None
+
+    def remove(self, queue_id: str) -> None:
+        self.path(queue_id).unlink(missing_ok=True)
+
+    def names(self) -> Iterator[str]:
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                yield path.name
+
+
+def write_synced(path: Path, data: bytes, flags: int = 0) -> None:
+    """Write ``data`` to a new file (mode 0600) and fsync it before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that a rename in it survives a crash (POSIX leaves that to the caller)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to queue for one destination (``local``, or a peer operator's main domain)."""
+
+    destination: str
+    recipients: tuple[str, ...]
+    data: bytes
+    origin: str  # submission, inbound, notification
+    kind: str  # message, mdn, dsn
+    sender: str
+    actor: str
+    message_id: str | None = None
+    disposition_to: str | None = None
+    final_delivery: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one delivery attempt works on: a message and the recipients claimed for it."""
+
+    queue_id: str
+    destination: str
+    sender: str
+    kind: str
+    origin: str
+    message_id: str | None
+    disposition_to: str | None
+    final_delivery: bool
+    created_at: datetime
+    expires_at: datetime
+    recipients: tuple[tuple[int, str], ...]  # (recipient row id, address)
+    attempts: int
+
+
+class Queue:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        spool: Spool,
+        *,
+        retry_schedule: Sequence[int],
+        max_lifetime: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.spool = spool
+        self.retry_schedule = tuple(retry_schedule)
+        self.max_lifetime = max_lifetime
+        self.clock = clock
+
+    def enqueue(self, items: Sequence[Outgoing]) -> list[str]:
+        """Write every item's file durably, then commit every row in one transaction; return the queue ids.
+
+        All or nothing: when the commit fails, the files are removed and the caller answers 4xx.
+        """
+        now = self.clock()
+        ids = [new_queue_id() for _ in items]
+        self.spool.ensure()
+        try:
+            for queue_id, item in zip(ids, items, strict=True):
+                self.spool.write(queue_id, item.data)
+            with self.sessions.begin() as session:
+                for queue_id, item in zip(ids, items, strict=True):
+                    session.add(self._row(queue_id, item, now))
+        except BaseException:
+            for queue_id in ids:
+                self.spool.remove(queue_id)
+            raise
+        return ids
+
+    def _row(self, queue_id: str, item: Outgoing, now: datetime) -> QueuedMessage:
+        return QueuedMessage(
+            id=queue_id,
+            origin=item.origin,
+            kind=item.kind,
+            destination=item.destination,
+            sender=item.sender,
+            actor=item.actor,
+            message_id=item.message_id,
+            sha256=hashlib.sha256(item.data).hexdigest(),
+            size=len(item.data),
+            disposition_to=item.disposition_to,
+            final_delivery=item.final_delivery,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.max_lifetime),
+            recipients=[
+                QueuedRecipient(address=r, state="queued", attempts=0, next_attempt_at=now, updated_at=now)
+                for r in item.recipients
+            ],
+        )
+
+    def claim(self, *, limit: int = 50, lease: int = 300, destinations: set[str] | None = None) -> list[Claim]:
+        """Claim the recipients due now (at most ``limit`` messages), leasing them for ``lease`` seconds."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            query = (
+                sa.select(QueuedRecipient)
+                .where(QueuedRecipient.state.in_(PENDING_STATES), QueuedRecipient.next_attempt_at <= now)
+                .order_by(QueuedRecipient.next_attempt_at, QueuedRecipient.id)
+                .limit(limit * 10)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = list(session.scalars(query))
+            by_message: dict[str, list[QueuedRecipient]] = {}
+            for row in rows:
+                if len(by_message) >= limit and row.queue_id not in by_message:
+                    continue
+                by_message.setdefault(row.queue_id, []).append(row)
+            claims = []
+            for queue_id, recipients in by_message.items():
+                message = session.get(QueuedMessage, queue_id)
+                if message is None:
+                    continue
+                if destinations is not None and message.destination not in destinations:
+                    continue
+                for row in recipients:
+                    row.state = "delivering"
+                    row.attempts += 1
+                    row.next_attempt_at = now + timedelta(seconds=lease)
+                    row.updated_at = now
+                claims.append(
+                    Claim(
+                        queue_id=message.id,
+                        destination=message.destination,
+                        sender=message.sender,
+                        kind=message.kind,
+                        origin=message.origin,
+                        message_id=message.message_id,
+                        disposition_to=message.disposition_to,
+                        final_delivery=message.final_delivery,
+                        created_at=message.created_at,
+                        expires_at=message.expires_at,
+                        recipients=tuple((row.id, row.address) for row in recipients),
+                        attempts=max(row.attempts for row in recipients),
+                    )
+                )
+        return claims
+
+    def next_due(self) -> datetime | None:
+        with self.sessions() as session:
+            return session.scalar(
+                sa.select(sa.func.min(QueuedRecipient.next_attempt_at)).where(QueuedRecipient.state.in_(PENDING_STATES))
+            )
+
+    def delivered(self, recipient_ids: Sequence[int]) -> None:
+        self._finish(recipient_ids, "delivered", None)
+
+    def bounced(self, recipient_ids: Sequence[int], error: str) -> None:
+        self._finish(recipient_ids, "bounced", error)
+
+    def _finish(self, recipient_ids: Sequence[int], state: str, error: str | None) -> None:
+        if not recipient_ids:
+            return
+        now = self.clock()
+        with self.sessions.begin() as session:
+            session.execute(
+                sa.update(QueuedRecipient)
+                .where(QueuedRecipient.id.in_(recipient_ids))
+                .values(state=state, last_error=error, updated_at=now)
+            )
+            self._drop_finished(session)
+
+    def deferred(self, recipient_ids: Sequence[int], error: str, *, attempts: int) -> datetime:
+        """Put the recipients back for a later attempt (the schedule's delay for this attempt)."""
+        now = self.clock()
+        delay = self.retry_schedule[min(max(attempts, 1), len(self.retry_schedule)) - 1]
+        when = now + timedelta(seconds=delay)
+        with self.sessions.begin() as session:
+            session.execute(
+                sa.update(QueuedRecipient)
+                .where(QueuedRecipient.id.in_(recipient_ids))
+                .values(state="deferred", last_error=error, next_attempt_at=when, updated_at=now)
+            )
+        return when
+
+    def _drop_finished(self, session: Session) -> None:
+        """Remove the messages whose every recipient is finished (their spool files too)."""
+        pending = sa.select(QueuedRecipient.queue_id).where(QueuedRecipient.state.in_(PENDING_STATES))
+        done = list(
+            session.scalars(
+                sa.select(QueuedMessage.id)
+                .where(QueuedMessage.id.in_(sa.select(QueuedRecipient.queue_id).distinct()))
+                .where(QueuedMessage.id.not_in(pending))
+            )
+        )
+        if done:
+            session.execute(sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id.in_(done)))
+            session.execute(sa.delete(QueuedMessage).where(QueuedMessage.id.in_(done)))
+            session.flush()
+            for queue_id in done:
+                self.spool.remove(queue_id)
+
+    def remove_orphans(self) -> list[str]:
+        """Spool files without a row (a crash between writing and committing): removed; their ids returned."""
+        with self.sessions() as session:
+            known = set(session.scalars(sa.select(QueuedMessage.id)))
+        removed = []
+        for name in list(self.spool.names()):
+            if name not in known:
+                (self.spool.directory / name).unlink(missing_ok=True)
+                removed.append(name)
+        return removed
+
+    # Operator commands
+
+    def messages(self, *, state: str | None = None) -> list[QueuedMessage]:
+        with self.sessions() as session:
+            query = sa.select(QueuedMessage).options(selectinload(QueuedMessage.recipients))
+            query = query.order_by(QueuedMessage.created_at, QueuedMessage.id)
+            if state:
+                query = query.where(QueuedMessage.recipients.any(QueuedRecipient.state == state))
+            found = list(session.scalars(query))
+            session.expunge_all()
+            return found
+
+    def get(self, queue_id: str) -> QueuedMessage:
+        with self.sessions() as session:
+            message = session.scalars(
+                sa.select(QueuedMessage)
+                .options(selectinload(QueuedMessage.recipients))
+                .where(QueuedMessage.id == queue_id.strip().upper())
+            ).one_or_none()
+            if message is None:
+                raise QueueError(f"no queued message {queue_id}")
+            session.expunge_all()
+            return message
+
+    def retry(self, queue_id: str | None) -> int:
+        """Make the deferred recipients of one message (or of all, ``None``) due now; the count made due."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            query = sa.update(QueuedRecipient).where(QueuedRecipient.state.in_(("deferred", "queued")))
+            if queue_id is not None:
+                self.get(queue_id)
+                query = query.where(QueuedRecipient.queue_id == queue_id.strip().upper())
+            result = session.execute(query.values(next_attempt_at=now, updated_at=now))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def delete(self, queue_id: str) -> QueuedMessage:
+        message = self.get(queue_id)
+        with self.sessions.begin() as session:
+            session.execute(sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id == message.id))
+            session.execute(sa.delete(QueuedMessage).where(QueuedMessage.id == message.id))
+        self.spool.remove(message.id)
+        return message

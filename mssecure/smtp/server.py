@@ -1,0 +1,401 @@
+"""The relay's SMTP servers (aiosmtpd): thin handlers that turn SMTP into calls of the policy and the processor.
+
+- ``SubmissionHandler``: mail clients, 587 (STARTTLS required) and 465 (implicit TLS). AUTH PLAIN/LOGIN only over
+  TLS, checked off the event loop and rate-limited per login and per client IP; MAIL before AUTH is refused. A TLS
+  client certificate issued by us to an active entry authenticates its owner too; ``auth.require_client_cert``
+  makes it mandatory (and the password must then be the certificate owner's).
+- ``InboundHandler``: peer operators, 25, STARTTLS required; before MAIL is accepted the client certificate must be
+  the relay certificate of a trusted peer whose bundle lists the MAIL FROM domain.
+
+Every refusal is a ``Refused`` turned into its reply in one place (``_reply``); anything unexpected is ``451 4.3.0``,
+logged with its stack. Each decision is an event (``mssecure.smtp.events``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from mssecure.config import Config
+from mssecure.crypto.models import TrustedOperator
+from mssecure.errors import Refused
+from mssecure.smtp import replies
+from mssecure.smtp.auth import FailureLimiter, verify_password
+from mssecure.smtp.events import Event, EventSink
+from mssecure.smtp.policy import (
+    EntryView,
+    PolicyView,
+    check_bare_line_endings,
+    check_inbound_recipient,
+    check_inbound_sender,
+    check_submission_recipient,
+    check_submission_sender,
+)
+from mssecure.smtp.processing import DirectoryView, Processor
+from mssecure.smtp.processing import Envelope as RelayEnvelope
+from mssecure.smtp.queue import Queue
+
+__all__ = ["InboundHandler", "RelaySMTP", "SubmissionHandler"]
+
+log = logging.getLogger("mssecure.relay")
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's server with asynchronous credential checks and certificate-based authentication."""
+
+    def __init__(self, handler: Any, *, implicit_tls: bool = False, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.implicit_tls = implicit_tls
+        self._certificate_checked = False
+
+    def peer_certificate(self) -> bytes | None:
+        """The DER client certificate of this TLS session (STARTTLS or implicit), if the client sent one."""
+        ssl_object = None
+        if self.session is not None and self.session.ssl is not None:
+            ssl_object = self.session.ssl.get("ssl_object")
+        elif self.implicit_tls and self.transport is not None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        der = ssl_object.getpeercert(binary_form=True)
+        return bytes(der) if der else None
+
+    @property
+    def has_tls(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        # A client certificate issued by us authenticates its owner, as SASL EXTERNAL would (RFC 4422 App. A).
+        handler = self.event_handler
+        if (
+            self._auth_required
+            and self.session is not None
+            and not self.session.authenticated
+            and not self._certificate_checked
+            and isinstance(handler, SubmissionHandler)
+            and self.has_tls
+        ):
+            self._certificate_checked = True
+            owner = await handler.certificate_owner(self)
+            if owner is not None and not handler.config.auth.require_client_cert:
+                self.session.authenticated = True
+                self.session.auth_data = LoginPassword(owner.encode(), b"")  # type: ignore[assignment]
+                self.session.mssecure_actor = owner  # type: ignore[attr-defined]
+        return await super().check_auth_needed(caller_method)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        credentials = await self._plain_credentials(args)
+        if credentials is None:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate_async(*credentials)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        import base64
+        import binascii
+
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if not isinstance(login, bytes):
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate_async(login, password)
+
+    async def _plain_credentials(self, args: list[str]) -> tuple[bytes, bytes] | None:
+        import base64
+        import binascii
+
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return None
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return None
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return None
+        _, login, password = parts  # RFC 4616: authzid NUL authcid NUL passwd; authzid ignored
+        return login, password
+
+    async def _authenticate_async(self, login: bytes, password: bytes) -> AuthResult:
+        handler = self.event_handler
+        assert isinstance(handler, SubmissionHandler)
+        reply = await handler.authenticate(self, login, password)
+        if reply is None:
+            return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=str(replies.AUTH_OK))
+        return AuthResult(success=False, handled=False, message=str(reply))
+
+
+def _reply(error: Refused) -> str:
+    return str(error.reply)
+
+
+class _Handler:
+    """What both handlers share: the processor and queue, the events, the limits, and running work off the loop."""
+
+    kind = "smtp"
+
+    def __init__(
+        self,
+        config: Config,
+        processor: Processor,
+        queue: Queue,
+        events: EventSink,
+        *,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.processor = processor
+        self.queue = queue
+        self.events = events
+        self.on_queued = on_queued
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(function, *args)
+
+    def _peer(self, session: Session) -> str | None:
+        peer = session.peer
+        return str(peer[0]) if isinstance(peer, tuple) else None
+
+    async def _guard(self, session: Session, step: Callable[[], Awaitable[str]], **context: Any) -> str:
+        try:
+            return await step()
+        except Refused as refusal:
+            self.events(Event(f"{self.kind}.refused", "refused", peer=self._peer(session), reason=refusal.reason,
+                              reply=_reply(refusal), **context))  # fmt: skip
+            return _reply(refusal)
+        except Exception:
+            log.exception("unexpected error in %s", self.kind)
+            return str(replies.TEMPORARY_FAILURE)
+
+    def _view_check(self, check: Callable[..., Any], *args: Any) -> Any:
+        with self.processor.sessions() as session:
+            return check(*args, DirectoryView(session, self.config))
+
+    recipient_check: Callable[[str, PolicyView], EntryView]  # the policy's check of RCPT TO for this listener
+
+    async def handle_RCPT(
+        self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        async def step() -> str:
+            if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
+                raise Refused(replies.TOO_MANY_RECIPIENTS)
+            await self._run(self._view_check, self.recipient_check, address)
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return str(replies.RECIPIENT_OK)
+
+        actor = getattr(session, "mssecure_actor", None)
+        return await self._guard(session, step, actor=actor, sender=envelope.mail_from, recipients=(address.lower(),))
+
+    async def _accept_data(
+        self, server: RelaySMTP, session: Session, envelope: Envelope, process: Callable[[RelayEnvelope], Any]
+    ) -> str:
+        data = envelope.original_content or b""
+        sender = (envelope.mail_from or "").lower()
+        recipients = tuple(r.lower() for r in envelope.rcpt_tos)
+        actor = getattr(session, "mssecure_actor", None) or ""
+        context: dict[str, Any] = {"actor": actor, "sender": sender, "recipients": recipients}
+
+        async def step() -> str:
+            check_bare_line_endings(data)
+            items = await self._run(process, RelayEnvelope(sender, recipients, data, actor))
+            queue_ids = await self._run(self.queue.enqueue, items)
+            self.on_queued()
+            message_id = next((i.message_id for i in items if i.message_id), None)
+            self.events(Event(f"{self.kind}.accepted", "ok", peer=self._peer(session), queue_id=",".join(queue_ids),
+                              message_id=message_id, **context))  # fmt: skip
+            return str(replies.QUEUED.with_text(f"queued as {queue_ids[0] if queue_ids else 'nothing'}"))
+
+        return await self._guard(session, step, **context)
+
+
+class SubmissionHandler(_Handler):
+    kind = "submission"
+    recipient_check = staticmethod(check_submission_recipient)
+
+    def __init__(self, *args: Any, limiter: FailureLimiter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limiter = limiter
+
+    async def certificate_owner(self, server: RelaySMTP) -> str | None:
+        der = server.peer_certificate()
+        if der is None:
+            return None
+        owner: str | None = await self._run(self.processor.client_certificate_owner, der)
+        if owner is not None and server.session is not None:
+            server.session.mssecure_certificate_owner = owner  # type: ignore[attr-defined]
+        return owner
+
+    async def authenticate(self, server: RelaySMTP, login_bytes: bytes, password: bytes) -> replies.Reply | None:
+        """None when ``login``/``password`` may submit, else the reply refusing them."""
+        session = server.session
+        assert session is not None
+        login = login_bytes.decode("utf-8", "replace").strip().lower()
+        peer = self._peer(session) or "unknown"
+        keys = (f"login:{login}", f"ip:{peer}")
+        if self.limiter.blocked(*keys):
+            self.events(Event("auth.refused", "refused", actor=login, peer=peer, reason="rate limited"))
+            return replies.TOO_MANY_AUTH_FAILURES
+        stored = await self._run(self.processor.password_hash, login)
+        valid = await self._run(verify_password, stored, password)
+        if not valid:
+            self.limiter.failed(*keys)
+            self.events(Event("auth.failed", "refused", actor=login, peer=peer, reason="bad credentials"))
+            return replies.AUTH_INVALID
+        if self.config.auth.require_client_cert:
+            owner = await self.certificate_owner(server)
+            if owner is None:
+                self.events(Event("auth.failed", "refused", actor=login, peer=peer, reason="no client certificate"))
+                return replies.CLIENT_CERT_REQUIRED
+            if owner != login:
+                self.events(Event("auth.failed", "refused", actor=login, peer=peer,
+                                  reason=f"client certificate of {owner}"))  # fmt: skip
+                return replies.CLIENT_CERT_MISMATCH
+        self.limiter.succeeded(f"login:{login}")
+        session.mssecure_actor = login  # type: ignore[attr-defined]
+        self.events(Event("auth.ok", "ok", actor=login, peer=peer))
+        return None
+
+    def _actor(self, session: Session) -> str:
+        return str(getattr(session, "mssecure_actor", ""))
+
+    async def handle_MAIL(
+        self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        actor = self._actor(session)
+
+        async def step() -> str:
+            await self._run(self._view_check, check_submission_sender, actor, address)
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return str(replies.SENDER_OK)
+
+        return await self._guard(session, step, actor=actor, sender=address.lower())
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        return await self._accept_data(server, session, envelope, self.processor.submission)
+
+
+class InboundHandler(_Handler):
+    kind = "inbound"
+    recipient_check = staticmethod(check_inbound_recipient)
+
+    def _peer_operator(self, der: bytes | None) -> TrustedOperator | None:
+        """The trusted operator whose relay certificate ``der`` is (chain checked by TLS), or None."""
+        if der is None:
+            return None
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            dns_names = {n.lower() for n in names.get_values_for_type(x509.DNSName)}
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, x509.ExtensionNotFound, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+            return None
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            return None
+        with self.processor.sessions() as session:
+            for operator in session.scalars(sa.select(TrustedOperator)):
+                ca = x509.load_pem_x509_certificate(operator.ca_pem.encode())
+                if certificate.issuer != ca.subject or operator.hostname.lower() not in dns_names:
+                    continue
+                try:
+                    certificate.verify_directly_issued_by(ca)
+                except (ValueError, TypeError, InvalidSignature):
+                    log.info("relay certificate of %s does not verify with its CA", operator.domain)
+                    continue
+                if operator.crl_der:
+                    crl = x509.load_der_x509_crl(operator.crl_der)
+                    if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
+                        return None
+                session.expunge(operator)
+                return operator
+        return None
+
+    async def handle_MAIL(
+        self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        async def step() -> str:
+            der = server.peer_certificate()
+            if der is None:
+                raise Refused(replies.PEER_CERT_REQUIRED, "no client certificate")
+            operator = await self._run(self._peer_operator, der)
+            if operator is None:
+                raise Refused(replies.PEER_CERT_UNTRUSTED, "client certificate is not a trusted relay's")
+            check_inbound_sender(address, frozenset(operator.domains))
+            session.mssecure_actor = operator.domain  # type: ignore[attr-defined]
+            session.mssecure_peer_domains = frozenset(operator.domains)  # type: ignore[attr-defined]
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return str(replies.SENDER_OK)
+
+        return await self._guard(session, step, sender=address.lower())
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        domains: frozenset[str] = getattr(session, "mssecure_peer_domains", frozenset())
+
+        def process(relay_envelope: RelayEnvelope) -> Any:
+            return self.processor.inbound(relay_envelope, domains)
+
+        return await self._accept_data(server, session, envelope, process)
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+def smtp_factory(
+    handler: _Handler,
+    config: Config,
+    *,
+    tls_context: Callable[[], ssl.SSLContext],
+    implicit_tls: bool = False,
+    auth_required: bool,
+) -> Callable[[], RelaySMTP]:
+    def factory() -> RelaySMTP:
+        with warnings.catch_warnings():
+            # Implicit TLS (465): the connection is TLS before the first byte, so AUTH "without TLS" cannot happen;
+            # aiosmtpd cannot know it and warns.
+            warnings.simplefilter("ignore")
+            return _make()
+
+    def _make() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            implicit_tls=implicit_tls,
+            hostname=config.operator.hostname,
+            ident="mssecure",
+            data_size_limit=config.smtp.max_message_size,
+            tls_context=None if implicit_tls else tls_context(),
+            require_starttls=not implicit_tls,
+            timeout=config.smtp.idle_timeout,
+            auth_required=auth_required,
+            auth_require_tls=not implicit_tls,
+            auth_exclude_mechanism=None if auth_required else ["LOGIN", "PLAIN"],
+            command_call_limit=config.smtp.max_commands,
+        )
+
+    return factory

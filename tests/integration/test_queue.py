@@ -1,0 +1,134 @@
+"""The durable queue on SQLite and on PostgreSQL, and Maildir delivery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mssecure.db import make_sessionmaker
+from mssecure.errors import QueueError
+from mssecure.smtp.maildir import Maildirs
+from mssecure.smtp.queue import Outgoing, Queue, Spool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def item(
+    data: bytes = b"Subject: x\r\n\r\nbody\r\n", recipients: tuple[str, ...] = ("a@x.test", "b@x.test")
+) -> Outgoing:
+    return Outgoing(destination="peer.test", recipients=recipients, data=data, origin="submission", kind="message",
+                    sender="dr@chu.test", actor="dr@chu.test", message_id="<1@chu.test>")  # fmt: skip
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def queue(engine: Engine, tmp_path: Path, clock: Clock) -> Queue:
+    return Queue(make_sessionmaker(engine), Spool(tmp_path / "spool"), retry_schedule=(60, 300), max_lifetime=3600,
+                 clock=clock)  # fmt: skip
+
+
+def test_enqueue_writes_the_file_and_the_rows(queue: Queue) -> None:
+    (queue_id,) = queue.enqueue([item()])
+    assert queue.spool.read(queue_id) == b"Subject: x\r\n\r\nbody\r\n"
+    message = queue.get(queue_id.lower())
+    assert [r.state for r in message.recipients] == ["queued", "queued"]
+    assert message.size == len(b"Subject: x\r\n\r\nbody\r\n")
+    assert len(message.sha256) == 64
+
+
+def test_claim_leases_then_retry_schedule_then_delivery_removes_everything(queue: Queue, clock: Clock) -> None:
+    (queue_id,) = queue.enqueue([item()])
+    (claim,) = queue.claim()
+    assert claim.queue_id == queue_id
+    assert len(claim.recipients) == 2
+    assert claim.attempts == 1
+    assert queue.claim() == []  # leased
+    first, second = (rid for rid, _ in claim.recipients)
+    when = queue.deferred([first], "421 busy", attempts=claim.attempts)
+    assert when == clock.now + timedelta(seconds=60)
+    queue.delivered([second])
+    assert queue.claim() == []
+    clock.now += timedelta(seconds=61)
+    (again,) = queue.claim()
+    assert again.recipients == ((first, "a@x.test"),)
+    assert again.attempts == 2
+    assert queue.deferred([first], "421 busy", attempts=again.attempts) == clock.now + timedelta(seconds=300)
+    clock.now += timedelta(seconds=301)
+    (third,) = queue.claim()
+    assert queue.deferred([first], "x", attempts=third.attempts + 5) == clock.now + timedelta(seconds=300)
+    queue.bounced([first], "550 no")
+    assert queue.messages() == []
+    with pytest.raises(QueueError):
+        queue.spool.read(queue_id)
+
+
+def test_a_dead_worker_lease_expires(queue: Queue, clock: Clock) -> None:
+    queue.enqueue([item()])
+    queue.claim(lease=300)
+    clock.now += timedelta(seconds=301)
+    assert len(queue.claim()) == 1
+
+
+def test_retry_delete_and_unknown_ids(queue: Queue, clock: Clock) -> None:
+    (queue_id,) = queue.enqueue([item()])
+    (claim,) = queue.claim()
+    queue.deferred([rid for rid, _ in claim.recipients], "down", attempts=1)
+    assert queue.claim() == []
+    assert queue.retry(queue_id) == 2
+    assert len(queue.claim()) == 1
+    deleted = queue.delete(queue_id)
+    assert deleted.id == queue_id
+    assert queue.messages() == []
+    with pytest.raises(QueueError, match="no queued message"):
+        queue.get(queue_id)
+    with pytest.raises(QueueError):
+        queue.retry("NOPE")
+
+
+def test_orphan_spool_files_are_removed(queue: Queue) -> None:
+    (kept,) = queue.enqueue([item()])
+    queue.spool.write("ORPHAN", b"half")
+    assert queue.remove_orphans() == ["ORPHAN"]
+    assert queue.spool.read(kept)
+
+
+def test_a_failed_commit_leaves_no_file(queue: Queue) -> None:
+    bad = Outgoing(destination="peer.test", recipients=(None,), data=b"d", origin="submission",  # type: ignore[arg-type]
+                   kind="message", sender="s@x.test", actor="s@x.test")  # fmt: skip
+    with pytest.raises(sa.exc.IntegrityError):
+        queue.enqueue([item(), bad])
+    assert list(queue.spool.names()) == []
+
+
+def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
+    boxes = Maildirs(tmp_path / "mail")
+    path, written = boxes.deliver("Pharmacie@pharma.test", b"message", "Q1.1")
+    assert written
+    assert path.parent.name == "new"
+    assert path.read_bytes() == b"message"
+    assert path.parent.parent == tmp_path / "mail" / "pharma.test" / "pharmacie"
+    assert boxes.deliver("pharmacie@pharma.test", b"message", "Q1.1") == (path, False)
+    seen = path.parent.parent / "cur" / (path.name + ":2,S")  # an IMAP server moved it
+    path.rename(seen)
+    assert boxes.deliver("pharmacie@pharma.test", b"message", "Q1.1") == (seen, False)
+    assert list((path.parent.parent / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("address", ["../x@pharma.test", "a@../etc", "a/b@pharma.test", ".x@pharma.test", "nodomain"])
+def test_maildir_refuses_paths_outside_the_root(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ValueError, match="cannot make a mailbox path"):
+        Maildirs(tmp_path).path(address)
