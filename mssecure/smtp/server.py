@@ -24,11 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mssecure.config import Config
 from mssecure.crypto.models import TrustedOperator
+from mssecure.crypto.trust import relay_certificate_problems
 from mssecure.errors import Refused
 from mssecure.smtp import replies
 from mssecure.smtp.auth import FailureLimiter, verify_password
@@ -305,32 +304,27 @@ class InboundHandler(_Handler):
     recipient_check = staticmethod(check_inbound_recipient)
 
     def _peer_operator(self, der: bytes | None) -> TrustedOperator | None:
-        """The trusted operator whose relay certificate ``der`` is (chain checked by TLS), or None."""
+        """The trusted operator whose relay certificate ``der`` is (chain, validity, clientAuth, its relay host
+        name, not revoked by its CRL, not an S/MIME certificate), or None."""
         if der is None:
             return None
         try:
             certificate = x509.load_der_x509_certificate(der)
-            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns_names = {n.lower() for n in names.get_values_for_type(x509.DNSName)}
-            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except (ValueError, x509.ExtensionNotFound, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        except ValueError:
             return None
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            return None
+        now = self.processor.clock()
         with self.processor.sessions() as session:
             for operator in session.scalars(sa.select(TrustedOperator)):
                 ca = x509.load_pem_x509_certificate(operator.ca_pem.encode())
-                if certificate.issuer != ca.subject or operator.hostname.lower() not in dns_names:
+                if certificate.issuer != ca.subject:
                     continue
-                try:
-                    certificate.verify_directly_issued_by(ca)
-                except (ValueError, TypeError, InvalidSignature):
-                    log.info("relay certificate of %s does not verify with its CA", operator.domain)
+                crls = [x509.load_der_x509_crl(operator.crl_der)] if operator.crl_der else []
+                problems = relay_certificate_problems(
+                    certificate, operator.hostname, [ca], role="client", at=now, crls=crls
+                )
+                if problems:
+                    log.info("client certificate refused for %s: %s", operator.domain, "; ".join(problems))
                     continue
-                if operator.crl_der:
-                    crl = x509.load_der_x509_crl(operator.crl_der)
-                    if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
-                        return None
                 session.expunge(operator)
                 return operator
         return None

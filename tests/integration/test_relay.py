@@ -446,3 +446,101 @@ def test_final_delivery_requested_gives_exactly_one_dispatched_notice(pair: Pair
     assert b"X-DIRECT-FINAL-DESTINATION-DELIVERY" in notice
     log = pair.a.log.read_text()
     assert "notice suppressed: processed" in log
+
+
+def professional_pem(operator: RelayOperator, address: str, tmp_path: Path) -> Path:
+    """The professional's certificate and key as PEM, as a mail client holds them after importing its PKCS#12."""
+    secret = tmp_path / "p12.pw"
+    secret.write_text("p12-password\n")
+    p12 = tmp_path / f"{address}.p12"
+    operator.ok("certs", "export-p12", address, "--out", str(p12), "--password-file", str(secret))
+    pem = tmp_path / f"{address}.pem"
+    subprocess.run(["openssl", "pkcs12", "-in", str(p12), "-nodes", "-passin", "pass:p12-password", "-out", str(pem)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    return pem
+
+
+def test_a_professional_certificate_authenticates_its_owner(pair: Pair, tmp_path: Path) -> None:
+    pem = professional_pem(pair.a, pair.doctor, tmp_path)
+    context = client_context()
+    context.load_cert_chain(pem)
+    with smtplib.SMTP("127.0.0.1", pair.a.ports["submission"], timeout=30) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        assert client.mail(pair.doctor)[0] == 250  # no AUTH: the certificate is the credential (SASL EXTERNAL-like)
+        assert client.rcpt(pair.nurse)[0] == 250
+        client.rset()
+        assert client.mail(pair.nurse)[0] == 550  # but only for its own address
+
+
+def test_required_client_certificate_mode(tmp_path: Path) -> None:
+    operator = RelayOperator(tmp_path / "a", A_DOMAIN)
+    doctor = operator.person("camille.lefevre", 1)
+    nurse = operator.person("alex.martin", 2)
+    text = operator.config.read_text().replace("require_client_cert = false", "require_client_cert = true")
+    operator.config.write_text(text)
+    pem = professional_pem(operator, doctor, tmp_path)
+    operator.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", operator.ports["submission"], timeout=30) as client:
+            client.starttls(context=client_context())
+            client.ehlo()
+            assert plain(client, doctor, PASSWORD) == (
+                530,
+                b"5.7.14 a client certificate issued by this operator is required",
+            )
+            assert client.mail(doctor)[0] == 530
+        context = client_context()
+        context.load_cert_chain(pem)
+        with smtplib.SMTP("127.0.0.1", operator.ports["submission"], timeout=30) as client:
+            client.starttls(context=context)
+            client.ehlo()
+            assert client.mail(doctor)[0] == 530  # the certificate alone is not enough in this mode
+            assert plain(client, nurse, PASSWORD) == (
+                535,
+                b"5.7.8 the client certificate does not belong to this login",
+            )
+            assert plain(client, doctor, PASSWORD)[0] == 235
+            assert client.mail(doctor)[0] == 250
+    finally:
+        operator.stop()
+
+
+def test_a_delegate_sends_as_the_organizational_mailbox(pair: Pair) -> None:
+    service = pair.a.organization("cardiologie", 7, "Service de cardiologie", password=False)
+    with smtplib.SMTP("127.0.0.1", pair.a.ports["submission"], timeout=30) as client:
+        client.starttls(context=client_context())
+        client.login(pair.nurse, PASSWORD)
+        assert client.mail(service)[0] == 550  # not yet a delegate
+    pair.a.ok("directory", "delegate", service, pair.nurse)
+    pair.b.trust(pair.a)  # B learns A's new address (and its certificate) from A's next bundle
+    before = pair.b.messages(pair.pharmacy)
+    data = prescription(service, pair.pharmacy, mdn=False, subject="Compte rendu cardiologie")
+    assert submit(pair.a, pair.nurse, service, [pair.pharmacy], data) == {}
+    pair.b.wait_for(pair.pharmacy, len(before) + 1)
+    (delivered,) = [m for m in pair.b.messages(pair.pharmacy) if m not in before]
+    assert f"smime=pass body.smime-identifier={service}".encode() in delivered  # signed with the service's key
+
+
+def test_revoked_recipient_is_refused(pair: Pair) -> None:
+    gone = pair.a.person("parti", 8, password=False)
+    pair.a.ok("directory", "revoke", gone, "--reason", "left the hospital")
+    with smtplib.SMTP("127.0.0.1", pair.a.ports["submission"], timeout=30) as client:
+        client.starttls(context=client_context())
+        client.login(pair.doctor, PASSWORD)
+        client.mail(pair.doctor)
+        assert client.rcpt(gone) == (550, b"5.7.1 recipient is not an active certified health address")
+
+
+def test_a_peer_professional_certificate_is_not_a_relay_certificate(pair: Pair, tmp_path: Path) -> None:
+    """B's pharmacist holds a certificate from B's CA with clientAuth: it must not open A's inbound door."""
+    pem = professional_pem(pair.b, pair.pharmacist, tmp_path)
+    context = client_context()
+    context.load_cert_chain(pem)
+    with smtplib.SMTP("127.0.0.1", pair.a.ports["inbound"], timeout=30) as client:
+        client.starttls(context=context)
+        client.ehlo()
+        assert client.mail(pair.pharmacist) == (
+            550,
+            b"5.7.1 the client certificate is not that of a trusted operator's relay",
+        )
