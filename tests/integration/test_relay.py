@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI
+from tests.support.postgres import PostgresCluster
 from tests.support.relay import PASSWORD, RelayOperator
 
 A_DOMAIN = "chu-nord.mssante.test"
@@ -544,3 +545,26 @@ def test_a_peer_professional_certificate_is_not_a_relay_certificate(pair: Pair, 
             550,
             b"5.7.1 the client certificate is not that of a trusted operator's relay",
         )
+
+
+@pytest.mark.postgres
+def test_two_relays_on_postgresql(tmp_path: Path, pg_cluster: PostgresCluster) -> None:
+    """The same path with both operators' state in PostgreSQL (queue claims with FOR UPDATE SKIP LOCKED)."""
+    with pg_cluster.database() as url_a, pg_cluster.database() as url_b:
+        a = RelayOperator(tmp_path / "a", A_DOMAIN, database_url=url_a)
+        b = RelayOperator(tmp_path / "b", B_DOMAIN, database_url=url_b)
+        doctor = a.person("camille.lefevre", 1)
+        pharmacy = b.organization("pharmacie", 3)
+        a.trust(b)
+        b.trust(a)
+        a.start()
+        b.start()
+        try:
+            assert submit(a, doctor, doctor, [pharmacy], prescription(doctor, pharmacy)) == {}
+            (delivered,) = b.wait_for(pharmacy, 1)
+            assert f"smime=pass body.smime-identifier={doctor}".encode() in delivered
+            (mdn,) = a.wait_for(doctor, 1)
+            assert b"MDN-sent-automatically; processed" in mdn
+        finally:
+            a.stop()
+            b.stop()
