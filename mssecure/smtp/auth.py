@@ -52,6 +52,7 @@ class FailureLimiter:
         self.window = window
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._pending: dict[str, int] = {}  # attempts being checked now: they count, so parallel guesses cannot race
 
     def _recent(self, key: str) -> deque[float]:
         times = self._failures.get(key)
@@ -65,7 +66,20 @@ class FailureLimiter:
         return times
 
     def blocked(self, *keys: str) -> bool:
-        return any(len(self._recent(key)) >= self.limit for key in keys)
+        return any(len(self._recent(key)) + self._pending.get(key, 0) >= self.limit for key in keys)
+
+    def begin(self, *keys: str) -> None:
+        """An attempt starts: it counts against the limit until ``end``."""
+        for key in keys:
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def end(self, *keys: str) -> None:
+        for key in keys:
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
 
     def failed(self, *keys: str) -> None:
         now = self.clock()
@@ -74,8 +88,10 @@ class FailureLimiter:
             times.append(now)
             while len(times) > self.limit:  # memory stays bounded per key
                 times.popleft()
-        if len(self._failures) > 100_000:  # bounded overall: forget the quietest keys
-            for key in list(self._failures)[:50_000]:
+        if len(self._failures) > 100_000:  # bounded overall: forget what has expired, then the oldest keys
+            for key in list(self._failures):
+                self._recent(key)
+            for key in list(self._failures)[: max(0, len(self._failures) - 100_000)]:
                 del self._failures[key]
 
     def succeeded(self, *keys: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,8 +108,11 @@ class DeliveryWorker:
             except Exception as exc:  # a bug or the database: retry later, with the stack in the log
                 log.exception("delivery of %s failed unexpectedly", claim.queue_id)
                 ids = [rid for rid, _ in claim.recipients]
-                await asyncio.to_thread(self.queue.deferred, ids, f"internal error: {type(exc).__name__}",
-                                        attempts=claim.attempts)  # fmt: skip
+                error = f"internal error: {type(exc).__name__}"
+                if self.clock() >= claim.expires_at:
+                    await asyncio.to_thread(self.queue.bounced, ids, error)  # no DSN: making it is what failed
+                else:
+                    await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts)
 
     # Local
 
@@ -222,10 +226,10 @@ class DeliveryWorker:
         self.queue.bounced(ids, diagnostic)
 
 
+_ENHANCED = re.compile(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}")  # RFC 3463 §2: class.subject.detail
+
+
 def _enhanced(error: str) -> str | None:
+    """The enhanced status code of a reply ("550 5.1.1 ..."), if it carries a well-formed one."""
     parts = error.split()
-    for part in parts[1:3]:
-        pieces = part.split(".")
-        if len(pieces) == 3 and all(p.isdigit() for p in pieces) and pieces[0] in ("4", "5"):
-            return part
-    return None
+    return parts[1] if len(parts) > 1 and _ENHANCED.fullmatch(parts[1]) else None

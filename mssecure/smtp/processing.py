@@ -181,6 +181,11 @@ class Processor:
                 verification = self._verify(session, data)
                 if not verification.valid:
                     raise Refused(replies.VERIFICATION_FAILED, "; ".join(verification.all_reasons()))
+                signer = verification.valid_signer
+                if signer is None or (signer.address or "").lower() != envelope.sender.lower():
+                    # The relay vouches for the sender: a colleague's signed message is not the sender's to send.
+                    who = signer.address if signer is not None else "nobody"
+                    raise Refused(replies.VERIFICATION_FAILED, f"signed by {who}, not by the sender {envelope.sender}")
                 signed = data
             else:
                 try:
@@ -305,6 +310,8 @@ class Processor:
         signer_domain = signer.address.rpartition("@")[2]
         if peer_domains is not None and signer_domain not in peer_domains:
             raise Refused(replies.VERIFICATION_FAILED, f"signer {signer.address} is not an address of the peer")
+        if signer.address.lower() != sender.lower():
+            raise Refused(replies.VERIFICATION_FAILED, f"signer {signer.address} is not the envelope sender {sender}")
         entry = session.scalars(sa.select(Entry).where(Entry.address == signer.address)).one_or_none()
         if entry is None or entry.status != "active":
             state = "not in the directory" if entry is None else entry.status
@@ -314,6 +321,9 @@ class Processor:
         # Our own verdict replaces any a sender wrote (RFC 8601 §5); the transport DKIM signature does not survive
         # decryption, so it goes too.
         delivered = mime.without_fields(signed, _REPLACED_FIELDS)
+        if mime.header_from(delivered) != signer.address.lower():
+            # What the reader sees as the sender must be who signed (the unsigned outer header could say anything).
+            raise Refused(replies.VERIFICATION_FAILED, f"the From shown is not the signer {signer.address}")
         subjects = mime.header_value(inner, "subject")
         if subjects and not mime.header_value(delivered, "subject"):
             delivered = mime.prepend(delivered, f"Subject: {subjects[0]}")
@@ -323,7 +333,11 @@ class Processor:
         request = notifications.notification_request(inner)
         notice = notifications.parse_notice(inner)
         normal = tuple(r for r in recipients if r not in end_to_end)
-        if notice is not None and origin == "inbound" and not self._notice_wanted(session, notice):
+        if (
+            notice is not None
+            and origin == "inbound"
+            and not self._notice_wanted(session, notice, signer.address.lower())
+        ):
             log.info("notice suppressed: %s for %s (%s)", notice.outcome, notice.final_recipient, notice.kind)
             return []
         kind = notice.kind if notice is not None else "message"
@@ -347,7 +361,8 @@ class Processor:
                          disposition_to=request.disposition_to if notice is None else None,
                          final_delivery=request.final_delivery)
             )  # fmt: skip
-        if notice is None and request.disposition_to and message_id:
+        # RFC 8098 §2.1: an automatic MDN goes only to the Return-Path, never to a third party the sender names.
+        if notice is None and request.disposition_to and request.disposition_to == sender.lower() and message_id:
             subject = subjects[0] if subjects else None
             for recipient in recipients:
                 outgoing.extend(
@@ -420,13 +435,22 @@ class Processor:
 
     # Notifications
 
-    def _notice_wanted(self, session: Session, notice: notifications.Notice) -> bool:
+    def _notice_wanted(self, session: Session, notice: notifications.Notice, signer: str) -> bool:
         """Whether a notice about a message we sent reaches its sender: exactly one final notice per recipient.
 
-        A notice reporting several recipients is wanted when it brings news for at least one of them."""
+        A notice counts for a recipient only when it speaks for it: an MDN signed by that recipient, a DSN signed by
+        the mailer-daemon of that recipient's domain. Anything else is delivered as it is, without settling
+        anything. A notice reporting several recipients is wanted when it brings news for at least one of them."""
         wanted = False
         for part in notice.per_recipient():
             if not part.original_message_id or not part.final_recipient:
+                wanted = True
+                continue
+            speaker = part.final_recipient
+            if part.kind == "dsn":
+                speaker = notice_sender(part.final_recipient.rpartition("@")[2])
+            if signer != speaker:
+                log.warning("notice about %s signed by %s: not taken as its final notice", part.final_recipient, signer)
                 wanted = True
                 continue
             row = session.scalars(

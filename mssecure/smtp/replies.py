@@ -68,6 +68,7 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "message size exceeds the fixed limit")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "message header exceeds the fixed limit")
 BARE_LINE_ENDING = Reply(550, "5.6.11", "bare CR or LF in message content (RFC 5321 section 2.3.8)")
 MALFORMED_MESSAGE = Reply(550, "5.6.0", "malformed message")
+BAD_ADDRESS = Reply(501, "5.1.3", "bad address syntax")
 NOT_SIGNED = Reply(550, "5.7.1", "message is not S/MIME signed by a certified sender")
 NOT_ENCRYPTED = Reply(550, "5.7.1", "message is not S/MIME encrypted")
 VERIFICATION_FAILED = Reply(550, "5.7.1", "verification failed")  # one generic reply: the detail goes to the log

@@ -14,7 +14,9 @@ logged with its stack. Each decision is an event (``mssecure.smtp.events``).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 import ssl
 import time
 import warnings
@@ -148,6 +150,39 @@ class RelaySMTP(SMTP):
         return AuthResult(success=False, handled=False, message=str(reply))
 
 
+def _network(peer: str) -> str:
+    """The client's network for rate limiting: its IPv4 address, or its IPv6 /64 (one host holds a whole /64)."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _shown_login(login: str) -> str:
+    """The login as the log may show it: an address, or a placeholder (a password typed in the user name field
+    must not reach the log)."""
+    return login if policy_address(login) else "<not an address>"
+
+
+_ADDRESS = re.compile(r"[^\s@\x00-\x1f\x7f]{1,64}@[a-z0-9.-]{1,253}")
+
+
+def policy_address(value: str) -> bool:
+    return _ADDRESS.fullmatch(value) is not None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_address(address: str) -> None:
+    """No control character in an envelope address (it would end up in a header: Return-Path)."""
+    if _CONTROL.search(address):
+        raise Refused(replies.BAD_ADDRESS, "control character in an envelope address")
+
+
 def _reply(error: Refused) -> str:
     return str(error.reply)
 
@@ -200,6 +235,7 @@ class _Handler:
         self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         async def step() -> str:
+            _check_address(address)
             if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
                 raise Refused(replies.TOO_MANY_RECIPIENTS)
             await self._run(self._view_check, self.recipient_check, address)
@@ -220,7 +256,7 @@ class _Handler:
         context: dict[str, Any] = {"actor": actor, "sender": sender, "recipients": recipients}
 
         async def step() -> str:
-            check_bare_line_endings(data)
+            await self._run(check_bare_line_endings, data)
             items = await self._run(process, RelayEnvelope(sender, recipients, data, actor))
             queue_ids = await self._run(self.queue.enqueue, items)
             self.on_queued()
@@ -255,15 +291,22 @@ class SubmissionHandler(_Handler):
         assert session is not None
         login = login_bytes.decode("utf-8", "replace").strip().lower()
         peer = self._peer(session) or "unknown"
-        keys = (f"login:{login}", f"ip:{peer}")
+        # Failures count per (login, client network) and per client network: guessing from one place is stopped,
+        # and nobody elsewhere can lock the owner out of an address by failing on purpose.
+        network = _network(peer)
+        keys = (f"login:{login}|{network}", f"net:{network}")
         if self.limiter.blocked(*keys):
-            self.events(Event("auth.refused", "refused", actor=login, peer=peer, reason="rate limited"))
+            self.events(Event("auth.refused", "refused", actor=_shown_login(login), peer=peer, reason="rate limited"))
             return replies.TOO_MANY_AUTH_FAILURES
-        stored = await self._run(self.processor.password_hash, login)
-        valid = await self._run(verify_password, stored, password)
+        self.limiter.begin(*keys)
+        try:
+            stored = await self._run(self.processor.password_hash, login)
+            valid = await self._run(verify_password, stored, password)
+        finally:
+            self.limiter.end(*keys)
         if not valid:
             self.limiter.failed(*keys)
-            self.events(Event("auth.failed", "refused", actor=login, peer=peer, reason="bad credentials"))
+            self.events(Event("auth.failed", "refused", actor=_shown_login(login), peer=peer, reason="bad credentials"))
             return replies.AUTH_INVALID
         if self.config.auth.require_client_cert:
             owner = await self.certificate_owner(server)
@@ -274,7 +317,7 @@ class SubmissionHandler(_Handler):
                 self.events(Event("auth.failed", "refused", actor=login, peer=peer,
                                   reason=f"client certificate of {owner}"))  # fmt: skip
                 return replies.CLIENT_CERT_MISMATCH
-        self.limiter.succeeded(f"login:{login}")
+        self.limiter.succeeded(keys[0])
         session.mssecure_actor = login  # type: ignore[attr-defined]
         self.events(Event("auth.ok", "ok", actor=login, peer=peer))
         return None
@@ -288,6 +331,7 @@ class SubmissionHandler(_Handler):
         actor = self._actor(session)
 
         async def step() -> str:
+            _check_address(address)
             await self._run(self._view_check, check_submission_sender, actor, address)
             envelope.mail_from = address
             envelope.mail_options.extend(options)
@@ -333,6 +377,7 @@ class InboundHandler(_Handler):
         self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         async def step() -> str:
+            _check_address(address)
             der = server.peer_certificate()
             if der is None:
                 raise Refused(replies.PEER_CERT_REQUIRED, "no client certificate")
