@@ -66,6 +66,11 @@ class Relay:
 
     async def start(self) -> None:
         config = self.config
+        # aiosmtpd logs addresses at INFO and message lines at DEBUG under "mail.log": whoever runs the relay, those
+        # never reach the log (our own events say what happened, without content).
+        aiosmtpd_log = logging.getLogger("mail.log")
+        if aiosmtpd_log.getEffectiveLevel() < logging.WARNING:
+            aiosmtpd_log.setLevel(logging.WARNING)
         self.engine = make_engine(config.database_url)
         check_schema(self.engine)
         sessions = make_sessionmaker(self.engine)
