@@ -18,7 +18,8 @@ The tree (each class carries a message an operator can act on; the CLI prints it
     │   └── TrustError         a trust bundle is refused (bad signature, unconfirmed CA, foreign domains)
     ├── Refused                the relay refuses a command or a message: carries the SMTP reply to send and the
     │                          precise reason for the log (which the peer never sees)
-    └── QueueError             a queue operation was refused (unknown queue id, nothing to retry)
+    ├── QueueError             a queue operation was refused (unknown queue id, nothing to retry)
+    └── ArchiveError           (mssecure.archive.records) the archive cannot be written, read or checked
 
 Anything else that escapes is a bug: the CLI reports it as an internal error in one line (full traceback with
 ``--debug``); the SMTP servers answer ``451 4.3.0`` and log it with its stack.

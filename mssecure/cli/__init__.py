@@ -87,7 +87,7 @@ def main(ctx: click.Context, config_path: str | None, actor: str | None, debug: 
 
 
 def _register() -> None:
-    from mssecure.cli import admin, certs, demo, directory, mailbox, queue, serve, smime, trust
+    from mssecure.cli import admin, archive, certs, demo, directory, mailbox, queue, serve, smime, trust
 
     main.add_command(admin.init)
     main.add_command(admin.db)
@@ -101,6 +101,7 @@ def _register() -> None:
     main.add_command(smime.smime_group)
     main.add_command(trust.trust)
     main.add_command(demo.demo)
+    main.add_command(archive.archive)
 
 
 _register()

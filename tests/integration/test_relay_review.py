@@ -3,8 +3,9 @@
 Each test either shows that something checked is fine, or pins a problem the review found and that is now fixed:
 a signer other than the sender, a delivered From other than the signer, forged notices settling tracking, MDNs to
 third parties, parallel password guesses, lock-out from elsewhere, the bare CR/LF scan on the event loop, odd
-enhanced codes from peers, control characters in envelope addresses. Messages that a malicious peer operator (or a professional holding their own
-key, end-to-end mode) could send are crafted here with ``mssecure.crypto.smime`` and the operators' real keys.
+enhanced codes from peers, control characters in envelope addresses. Messages that a malicious peer operator (or
+a professional holding their own key, end-to-end mode) could send are crafted here with ``mssecure.crypto.smime``
+and the operators' real keys.
 """
 
 from __future__ import annotations
