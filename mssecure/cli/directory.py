@@ -22,10 +22,10 @@ from mssecure.directory import (
     Format,
     Kind,
     Status,
-    import_records,
-    read_records,
     write_entries,
 )
+from mssecure.directory.formats import read_chunks
+from mssecure.directory.importer import import_chunks
 from mssecure.directory.synthetic import DEFAULT_DOMAINS, write_sample_extraction
 from mssecure.errors import ImportFormatError
 
@@ -340,9 +340,9 @@ def import_(
                 bar.update(lines.bytes - done)
                 done = lines.bytes
 
-            report = import_records(
+            report = import_chunks(
                 connection,
-                read_records(file_format, lines, workers=workers),
+                read_chunks(file_format, lines, workers=workers),
                 actor=cli.operator_account,
                 source=f"directory import --format {file_format} {file.name}",
                 progress=progress,

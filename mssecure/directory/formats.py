@@ -4,6 +4,9 @@ Readers take the raw lines of a file (bytes, so that one badly encoded line is o
 ``Record`` per entry: its line number and either a validated ``EntryData`` or the reason it was rejected.
 A file that cannot be read at all (wrong header, not JSON) raises ``ImportFormatError``.
 
+The importer reads ``Chunk``s instead (``read_chunks``): runs of lines already in the form it writes, plain tuples,
+which a national extraction's parsing workers make and send it for less than Records would cost to unpickle.
+
 The national extraction ("Extraction Correspondance MSSanté", published by the ANS): UTF-8, ``|``-separated, one
 header line, 31 columns, mailbox types PER/ORG/APP, professional identifier type 8 (RPPS) or 0 (ADELI).
 """
@@ -11,8 +14,10 @@ header line, 31 columns, mailbox types PER/ORG/APP, professional identifier type
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing
+import operator
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -21,13 +26,17 @@ from enum import StrEnum
 from itertools import islice
 from typing import IO, Any
 
-from mssecure.directory.records import DATA_FIELDS, EntryData, Kind
+from mssecure.directory.records import DATA_FIELDS, MAX_TEXT, EntryData, Kind, entry_row, validated_values
 from mssecure.errors import ImportFormatError, InvalidEntry
 
 __all__ = [
     "EXTRACTION_HEADER",
+    "Chunk",
     "Format",
     "Record",
+    "address_digest",
+    "chunked",
+    "read_chunks",
     "read_csv",
     "read_extraction",
     "read_json",
@@ -50,7 +59,38 @@ class Record:
     data: EntryData | None = None
     reason: str | None = None
     sets_status: bool = False
-    search_text: str | None = None  # precomputed by a parallel reader, else computed when stored
+
+
+# A line the importer takes: (line number, digest of the address, the entry's row, whether the file sets its status).
+Accepted = tuple[int, int, tuple[Any, ...], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A run of lines of a file, read: the rejected ones (line number, reason) and the accepted ones, in file order.
+
+    An accepted line is (line number, ``address_digest`` of its address, the entry as a row of plain values in
+    ``ROW_FIELDS`` order: ``entry_row``, whether the file sets its status).
+    """
+
+    rejected: list[tuple[int, str]]
+    accepted: list[Accepted]
+
+
+def address_digest(address: str) -> int:
+    """8 bytes of BLAKE2b of an address, as an int: what the importer keeps of each address to spot duplicates."""
+    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
+
+
+def chunked(records: Iterable[Record], size: int = 1000) -> Iterator[Chunk]:
+    """``records`` as chunks of at most ``size`` lines: how the importer takes CSV, JSON and hand-made records."""
+    iterator = iter(records)
+    while group := list(islice(iterator, size)):
+        rejected = [(r.line, r.reason or "rejected") for r in group if r.data is None]
+        accepted = [
+            (r.line, address_digest(r.data.address), r.data.row(), r.sets_status) for r in group if r.data is not None
+        ]
+        yield Chunk(rejected, accepted)
 
 
 EXTRACTION_HEADER = (
@@ -73,6 +113,8 @@ _EXTRACTION_FIELDS = (
     "street_number", "street_number_suffix", "street_type", "street_name", "locality", "routing_line",
     "postal_code", "department", "country",
 )  # fmt: skip
+_KEPT_FIELDS = tuple(f for f in _EXTRACTION_FIELDS if f)
+_kept_columns = operator.itemgetter(*(i for i, f in enumerate(_EXTRACTION_FIELDS) if f))
 _EXTRACTION_KINDS = {"PER": Kind.PERSONAL, "ORG": Kind.ORGANIZATIONAL, "APP": Kind.APPLICATIVE}
 _EXTRACTION_KIND_CODES = {kind: code for code, kind in _EXTRACTION_KINDS.items()}
 _PERSON_ID_TYPES = {"8": "RPPS", "0": "ADELI"}
@@ -105,20 +147,9 @@ def _lines(raw: Iterable[bytes]) -> Iterator[tuple[int, str | None]]:
         yield number, text.rstrip("\r\n")
 
 
-def _extraction_record(line: int, text: str) -> Record:
-    try:
-        return Record(line, EntryData.from_values(_extraction_values(text)))
-    except InvalidEntry as exc:
-        return Record(line, reason=str(exc))
-
-
-def read_extraction(raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Record]:
-    """The records of a national extraction; with ``workers`` > 0, lines are parsed by that many processes.
-
-    Either way the records come out in file order, and at most a few chunks of lines are in flight.
-    """
-    lines = _lines(raw)
-    number, header = next(lines, (0, ""))
+def _check_extraction_header(lines: Iterator[bytes]) -> None:
+    """Read the first line and refuse the file unless it is the extraction's header."""
+    header = next(_lines(islice(lines, 1)), (1, ""))[1]
     if header is None:
         raise ImportFormatError("not a national directory extraction: the first line is not valid UTF-8")
     if tuple(c.strip() for c in header.split("|")) != EXTRACTION_HEADER:
@@ -126,56 +157,112 @@ def read_extraction(raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Recor
             "not a national directory extraction: the first line is not the 31-column header "
             f"starting with {EXTRACTION_HEADER[0]!r}|{EXTRACTION_HEADER[1]!r}"
         )
+
+
+def read_extraction(raw: Iterable[bytes]) -> Iterator[Record]:
+    """The records of a national extraction, in file order (the importer reads ``read_chunks`` instead)."""
+    lines = iter(raw)
+    _check_extraction_header(lines)
+    for number, line in enumerate(lines, 2):
+        text = _decoded(line)
+        if text is None:
+            yield Record(number, reason="line is not valid UTF-8")
+        elif text.strip():
+            try:
+                values, plain = _extraction_values(text)
+                yield Record(number, EntryData(**validated_values(values, plain_text=plain)))
+            except InvalidEntry as exc:
+                yield Record(number, reason=str(exc))
+
+
+def _extraction_chunks(raw: Iterable[bytes], workers: int) -> Iterator[Chunk]:
+    """The chunks of a national extraction; with ``workers`` > 0, lines are parsed by that many processes.
+
+    Either way the chunks come out in file order, and at most a few chunks of lines are in flight.
+    """
+    lines = iter(raw)
+    _check_extraction_header(lines)
+    number = 2
     if workers <= 0:
-        for number, text in lines:
-            yield from _parse_extraction_lines([(number, text)], precompute=False)
+        while block := list(islice(lines, _CHUNK)):
+            yield _extraction_chunk(number, block)
+            number += len(block)
         return
     context = multiprocessing.get_context(
         "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     )
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: deque[Future[list[Record]]] = deque()
-        while chunk := list(islice(lines, _CHUNK)):
-            pending.append(pool.submit(_parse_extraction_lines, chunk))
+        pending: deque[Future[Chunk]] = deque()
+        while block := list(islice(lines, _CHUNK)):
+            pending.append(pool.submit(_extraction_chunk, number, block))
+            number += len(block)
             if len(pending) > 2 * workers:
-                yield from pending.popleft().result()
+                yield pending.popleft().result()
         while pending:
-            yield from pending.popleft().result()
+            yield pending.popleft().result()
 
 
 _CHUNK = 2000
 
 
-def _parse_extraction_lines(chunk: list[tuple[int, str | None]], precompute: bool = True) -> list[Record]:
-    """Parse (line number, text) pairs; ``precompute`` also folds the search text (off the importing process)."""
-    records: list[Record] = []
-    for number, text in chunk:
+def _extraction_chunk(first: int, lines: list[bytes]) -> Chunk:
+    """Parse raw extraction lines, the first being line number ``first``: everything the importer needs of them.
+
+    Runs in the parsing workers: decoding, validation, the search text and the digest all happen here.
+    """
+    rejected: list[tuple[int, str]] = []
+    accepted: list[Accepted] = []
+    # One object per distinct value in a chunk: pickle then sends each repeated value (a label, a country) once, and
+    # the importing process, which unpickles, builds it once.
+    seen: dict[Any, Any] = {}
+    shared = seen.setdefault
+    for number, line in enumerate(lines, first):
+        text = _decoded(line)
         if text is None:
-            records.append(Record(number, reason="line is not valid UTF-8"))
+            rejected.append((number, "line is not valid UTF-8"))
         elif text.strip():
-            record = _extraction_record(number, text)
-            if precompute and record.data is not None:
-                record = Record(number, record.data, search_text=record.data.search_text())
-            records.append(record)
-    return records
+            try:
+                values, plain = _extraction_values(text)
+                row = entry_row(validated_values(values, plain_text=plain))
+            except InvalidEntry as exc:
+                rejected.append((number, str(exc)))
+                continue
+            accepted.append((number, address_digest(row[0]), tuple(map(shared, row, row)), False))
+    return Chunk(rejected, accepted)
 
 
-def _extraction_values(text: str) -> dict[str, Any]:
-    columns = [c.strip() for c in text.split("|")]
-    if len(columns) != len(EXTRACTION_HEADER):
-        raise InvalidEntry(f"wrong column count: {len(columns)} columns, expected {len(EXTRACTION_HEADER)}")
+def _decoded(line: bytes) -> str | None:
+    """A line after the first without its line end, or None if it is not UTF-8."""
+    try:
+        return line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None
+
+
+def _extraction_values(text: str) -> tuple[dict[str, Any], bool]:
+    """The field values of an extraction line, and whether their text is plain (see ``validated_values``)."""
+    cells = text.split("|")
+    if len(cells) != len(EXTRACTION_HEADER):
+        raise InvalidEntry(f"wrong column count: {len(cells)} columns, expected {len(EXTRACTION_HEADER)}")
+    # If the whole line is printable, without doubled spaces, and no column is too long, every text value already
+    # is what validation would make of it once stripped, and its only white space is the space.
+    plain = text.isprintable() and "  " not in text and max(map(len, cells)) <= MAX_TEXT
+    if plain and "| " not in text and " |" not in text and text[:1] != " " and text[-1:] != " ":
+        columns = cells  # nothing to strip
+    else:
+        columns = [c.strip() for c in cells]
     if not columns[1]:
         raise InvalidEntry("empty address")
     kind = _EXTRACTION_KINDS.get(columns[0].upper())
     if kind is None:
         raise InvalidEntry(f"unknown mailbox type {columns[0]!r} (expected PER, ORG or APP)")
-    values: dict[str, Any] = {f: c or None for f, c in zip(_EXTRACTION_FIELDS, columns, strict=True) if f}
+    values: dict[str, Any] = dict(zip(_KEPT_FIELDS, [c or None for c in _kept_columns(columns)], strict=True))
     if columns[2] or columns[3]:
         values["identifier_type"] = _code(_PERSON_ID_TYPES, columns[2], "professional identifier type")
     if columns[5] or columns[6]:
         values["structure_id_type"] = _code(_STRUCTURE_ID_TYPES, columns[5], "structure identifier type")
     values["kind"], values["dematerialisation"] = kind, _flag(columns[17])
-    return values
+    return values, plain
 
 
 def _code(codes: dict[str, str], code: str, what: str) -> str:
@@ -304,14 +391,19 @@ def _line_of(text: str, position: int) -> int:
 _READERS = {Format.EXTRACTION: read_extraction, Format.CSV: read_csv, Format.JSON: read_json}
 
 
-def read_records(fmt: Format, raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Record]:
-    """The records of a file in format ``fmt``, read lazily from its raw lines.
+def read_records(fmt: Format, raw: Iterable[bytes]) -> Iterator[Record]:
+    """The records of a file in format ``fmt``, read lazily from its raw lines."""
+    return _READERS[fmt](raw)
+
+
+def read_chunks(fmt: Format, raw: Iterable[bytes], *, workers: int = 0) -> Iterator[Chunk]:
+    """The lines of a file in format ``fmt`` as the importer takes them, read lazily from its raw lines.
 
     ``workers`` > 0 parses a national extraction in that many processes (the other formats are read in order).
     """
     if fmt is Format.EXTRACTION:
-        return read_extraction(raw, workers=workers)
-    return _READERS[fmt](raw)
+        return _extraction_chunks(raw, workers)
+    return chunked(read_records(fmt, raw))
 
 
 def _export_dict(data: EntryData, local: bool) -> dict[str, Any]:

@@ -7,36 +7,51 @@ an address wins).
 
 Each line ends up in exactly one bucket of the ``ImportReport``: created, updated, unchanged, duplicate or rejected
 (with its line number and reason). Every created or updated entry gets a history row naming the import.
+
+The lines come as ``Chunk``s (``formats.read_chunks``): each accepted entry already a row of plain values, made by
+the parsing workers for a national extraction. New entries are written with one ``COPY`` per batch on PostgreSQL
+and one ``executemany`` on SQLite, and their history rows by one ``INSERT … SELECT`` per batch; a re-import fetches
+the stored rows and compares each with the file's as one tuple.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import operator
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
-from typing import Any, cast
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mssecure.db import utcnow
-from mssecure.directory.formats import Record
+from mssecure.directory.formats import Accepted, Chunk, Record, chunked
 from mssecure.directory.models import Entry, EntryChange
-from mssecure.directory.records import DATA_FIELDS, Status
-from mssecure.directory.service import check_transition, jsonable_diff, row_values
+from mssecure.directory.records import DATA_FIELDS, ROW_FIELDS, Status
+from mssecure.directory.service import check_transition, jsonable_diff
 from mssecure.errors import InvalidTransition
 
-__all__ = ["ImportReport", "Rejection", "import_records"]
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["ImportReport", "Rejection", "import_chunks", "import_records"]
 
 BATCH_SIZE = 1000
 _ENTRIES = cast(sa.Table, Entry.__table__)
 _CHANGES = cast(sa.Table, EntryChange.__table__)
-_COMPARED = tuple(f for f in DATA_FIELDS if f not in ("address", "status"))
-_compared = operator.attrgetter(*_COMPARED)
+_INSERTED = (*ROW_FIELDS, "created_at", "updated_at")  # the columns a new entry is written with, in this order
+_STORED = len(ROW_FIELDS) - 1  # a row without its search text: what a re-import compares with the stored one
+_STATUS = ROW_FIELDS.index("status")
+# The fields whose changes a history row records (the status apart), with their place in a row.
+_COMPARED = tuple((i, f) for i, f in enumerate(DATA_FIELDS) if f not in ("address", "status"))
+_TARGET = f"{_ENTRIES.name} ({', '.join(_INSERTED)})"  # names from the model: SQL text made of constants only
+_COPY_SQL = f"COPY {_TARGET} FROM STDIN"
+_UPDATE = (
+    sa.update(_ENTRIES)
+    .where(_ENTRIES.c.id == sa.bindparam("_id"))
+    .values({name: sa.bindparam(name) for name in (*ROW_FIELDS, "updated_at")})
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)  # by line number
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,10 +76,6 @@ class ImportReport:
             "duplicates": self.duplicates,
             "rejected": [{"line": r.line, "reason": r.reason} for r in self.rejected],
         }
-
-
-def _digest(address: str) -> int:
-    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big")
 
 
 def import_records(
@@ -77,144 +88,195 @@ def import_records(
     progress: Callable[[int], None] | None = None,
     on_status_change: Callable[[str, Status], None] | None = None,
 ) -> ImportReport:
-    """Upsert ``records`` through ``connection`` (inside the caller's transaction) and report what happened.
+    """``import_chunks`` of ``records`` (the ``EntryData`` of a file read with ``read_records``, or made by hand)."""
+    return import_chunks(
+        connection,
+        chunked(records),
+        actor=actor,
+        source=source,
+        clock=clock,
+        progress=progress,
+        on_status_change=on_status_change,
+    )
 
-    ``progress`` is called with the number of records handled after each batch; ``on_status_change`` with
+
+def import_chunks(
+    connection: Connection,
+    chunks: Iterable[Chunk],
+    *,
+    actor: str,
+    source: str,
+    clock: Callable[[], datetime] = utcnow,
+    progress: Callable[[int], None] | None = None,
+    on_status_change: Callable[[str, Status], None] | None = None,
+) -> ImportReport:
+    """Upsert the lines of ``chunks`` through ``connection`` (inside the caller's transaction); what happened.
+
+    ``progress`` is called with the number of entries handled after each batch; ``on_status_change`` with
     (address, new status) for each status a file changes, after it is written.
     """
     report = ImportReport()
-    seen: set[int] = set()
-    if connection.dialect.name == "postgresql":
-        # The rows this transaction inserts have no statistics yet, so the planner would take the address lookups
-        # for scans of a tiny table and scan a growing one for every batch; they are all unique-key lookups.
-        connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
-
-    def accepted() -> Iterator[Record]:
-        for record in records:
-            if record.data is None:
-                report.rejected.append(Rejection(record.line, record.reason or "rejected"))
-                continue
-            digest = _digest(record.data.address)
-            if digest in seen:
-                report.duplicates += 1
-                continue
-            seen.add(digest)
-            yield record
-
-    stream = accepted()
-    while batch := list(islice(stream, BATCH_SIZE)):
-        changed = _import_batch(connection, batch, report, actor=actor, source=source, now=clock())
+    writer = _Writer(connection, report, actor=actor, source=source)
+    for batch in _batches(chunks, report):
+        changed = writer.write(batch, clock())
         if on_status_change is not None:
             for address, status in changed:
                 on_status_change(address, status)
         if progress is not None:
             progress(len(batch))
+    report.rejected.sort(key=attrgetter("line"))
     return report
 
 
-def _import_batch(
-    connection: Connection,
-    batch: list[Record],
-    report: ImportReport,
-    *,
-    actor: str,
-    source: str,
-    now: datetime,
-) -> list[tuple[str, Status]]:
-    addresses = [r.data.address for r in batch if r.data is not None]
-    existing = {
-        row.address: row for row in connection.execute(sa.select(_ENTRIES).where(_ENTRIES.c.address.in_(addresses)))
-    }
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
-    status_changes: list[tuple[str, Status]] = []
-    for record in batch:
-        data = record.data
-        assert data is not None
-        row = existing.get(data.address)
-        if row is None:
-            inserts.append({**row_values(data, now, record.search_text), "created_at": now})
-            continue
-        if _compared(row) == _compared(data):  # one C call each: the common case of a re-import
-            diff = {}
-        else:
-            diff = {f: [getattr(row, f), getattr(data, f)] for f in _COMPARED if getattr(row, f) != getattr(data, f)}
-        action = "updated"
-        status = Status(row.status)
-        if record.sets_status and data.status is not status:
-            try:
-                action = check_transition(data.address, status, data.status)
-            except InvalidTransition as exc:
-                report.rejected.append(Rejection(record.line, str(exc)))
+def _batches(chunks: Iterable[Chunk], report: ImportReport) -> Iterator[list[Accepted]]:
+    """The accepted lines in batches of ``BATCH_SIZE``, without the duplicates; rejections go to ``report``."""
+    seen: set[int] = set()
+    batch: list[Accepted] = []
+    for chunk in chunks:
+        report.rejected.extend(Rejection(line, reason) for line, reason in chunk.rejected)
+        for accepted in chunk.accepted:
+            digest = accepted[1]
+            if digest in seen:
+                report.duplicates += 1
                 continue
-            diff["status"] = [str(status), str(data.status)]
-            status_changes.append((data.address, data.status))
-        elif data.status is not status:
-            data = replace(data, status=status)  # the file says nothing of the status: ours stands
-        if not diff:
-            report.unchanged += 1
-            continue
-        updates.append({**row_values(data, now, record.search_text), "_id": row.id})
-        history.append(_change(row.id, now, actor, action, source, jsonable_diff(diff)))
-    if inserts:
-        # A plain executemany, then the new ids by address: RETURNING over a batch makes the drivers build one huge
-        # statement, several times slower on PostgreSQL.
-        _insert_many(connection, _ENTRIES, inserts)
-        created = [row["address"] for row in inserts]
-        found = connection.execute(sa.select(_ENTRIES.c.address, _ENTRIES.c.id).where(_ENTRIES.c.address.in_(created)))
-        ids = {address: entry_id for address, entry_id in found}
-        history.extend(_change(ids[address], now, actor, "created", source, None) for address in created)
-        report.created += len(inserts)
-    if updates:
-        columns: dict[str, Any] = {name: sa.bindparam(name) for name in updates[0] if name != "_id"}
-        update = sa.update(_ENTRIES).where(_ENTRIES.c.id == sa.bindparam("_id")).values(columns)
-        connection.execute(update, updates)
-        report.updated += len(updates)
-    if history:
-        _insert_many(connection, _CHANGES, history)
-    return status_changes
+            seen.add(digest)
+            batch.append(accepted)
+            if len(batch) == BATCH_SIZE:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
-def _insert_many(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` many rows of the same keys through the driver's executemany.
-
-    Only the columns whose type converts values (timestamps, JSON, booleans on some databases) go through
-    SQLAlchemy's converters; going through ``Connection.execute`` costs more than SQLite's own work per row.
-    """
-    keys = list(rows[0])
-    dialect = connection.dialect
-    compiled = sa.insert(table).inline().compile(dialect=dialect, column_keys=keys)  # inline: no RETURNING
-    converters = [(k, f) for k in keys if (f := _converter(table.c[k].type, dialect)) is not None]
-    if converters:
-        rows = [{**row, **{k: f(row[k]) for k, f in converters}} for row in rows]
-    if compiled.positional:
-        names = compiled.positiontup or []
-        connection.exec_driver_sql(str(compiled), [tuple(row[n] for n in names) for row in rows])
-    else:
-        connection.exec_driver_sql(str(compiled), rows)
+def _addresses_in(postgresql: bool) -> sa.ColumnElement[bool]:
+    """Entries whose address is in the list bound as ``addresses``: one parameter, not one per address."""
+    if postgresql:
+        return _ENTRIES.c.address == sa.any_(sa.bindparam("addresses", type_=sa.ARRAY(sa.String)))
+    addresses = sa.func.json_each(sa.bindparam("addresses", type_=sa.JSON)).table_valued("value")
+    return _ENTRIES.c.address.in_(sa.select(addresses.c.value))
 
 
-def _change(
-    entry_id: int, now: datetime, actor: str, action: str, source: str, changes: dict[str, Any] | None
-) -> dict[str, Any]:
-    return {
-        "entry_id": entry_id,
-        "at": now,
-        "actor": actor,
-        "action": action,
-        "source": source,
-        "reason": None,
-        "changes": changes,
-    }
+class _Writer:
+    """Writes batches of accepted lines through one connection: the statements, made once per import."""
+
+    def __init__(self, connection: Connection, report: ImportReport, *, actor: str, source: str) -> None:
+        self.connection = connection
+        self.report = report
+        self.actor = actor
+        self.source = source
+        dialect = connection.dialect
+        self.postgresql = dialect.name == "postgresql"
+        if self.postgresql:
+            # The rows this transaction inserts have no statistics yet, so the planner would take the address
+            # lookups for scans of a tiny table and scan a growing one for every batch; they are all unique-key
+            # lookups.
+            connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        else:  # SQLite, the only other database mssecure runs on: its driver's executemany, rows as they come
+            self.insert_sql = f"INSERT INTO {_TARGET} VALUES ({', '.join('?' * len(_INSERTED))})"  # noqa: S608
+        in_batch = _addresses_in(self.postgresql)
+        self.select_stored = sa.select(_ENTRIES.c.id, *(_ENTRIES.c[f] for f in ROW_FIELDS[:_STORED])).where(in_batch)
+        # The "created" history rows of a batch of new entries, written by the database from the entries.
+        self.created_history = sa.insert(_CHANGES).from_select(
+            ["entry_id", "at", "actor", "action", "source", "reason", "changes"],
+            sa.select(
+                _ENTRIES.c.id,
+                sa.bindparam("at", type_=_CHANGES.c.at.type),
+                sa.bindparam("actor", type_=_CHANGES.c.actor.type),
+                sa.literal("created", _CHANGES.c.action.type),
+                sa.bindparam("source", type_=_CHANGES.c.source.type),
+                sa.null(),
+                sa.null(),
+            ).where(in_batch),  # no ORDER BY: PostgreSQL would walk the whole primary key to avoid a sort
+        )
+        # Into an empty directory every entry is new: no batch needs to look for stored ones. (Another writer adding
+        # one of the file's addresses meanwhile makes the import fail on the unique address, as it would anyway.)
+        self.empty = connection.execute(sa.select(_ENTRIES.c.id).limit(1)).first() is None
+        # Timestamps are converted for the driver once per batch, as the column type converts them for the ORM.
+        stamp_type = _ENTRIES.c.updated_at.type.dialect_impl(dialect)
+        self.stamp: Callable[[datetime], Any] = stamp_type.bind_processor(dialect) or _same
+
+    def write(self, batch: list[Accepted], now: datetime) -> list[tuple[str, Status]]:
+        """Write one batch, stamped ``now``; the status changes it made, as (address, new status)."""
+        report = self.report
+        addresses = [accepted[2][0] for accepted in batch]
+        if self.empty:
+            stored = {}
+        else:
+            found = self.connection.execute(self.select_stored, {"addresses": addresses}).all()
+            stored = {row[1]: row for row in found}
+        if not stored:  # every entry of the batch is new
+            self._insert([accepted[2] for accepted in batch], addresses, now)
+            return []
+        new: list[tuple[Any, ...]] = []
+        updates: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        status_changes: list[tuple[str, Status]] = []
+        for line, _digest, row, sets_status in batch:
+            current = stored.get(row[0])
+            if current is None:
+                new.append(row)
+                continue
+            before = tuple(current[1:])
+            if before == row[:_STORED]:  # one comparison: the common case of a re-import
+                report.unchanged += 1
+                continue
+            diff = {name: [before[i], row[i]] for i, name in _COMPARED if before[i] != row[i]}
+            action = "updated"
+            status = Status(before[_STATUS])
+            if sets_status and row[_STATUS] != status:
+                try:
+                    action = check_transition(row[0], status, Status(row[_STATUS]))
+                except InvalidTransition as exc:
+                    report.rejected.append(Rejection(line, str(exc)))
+                    continue
+                diff["status"] = [str(status), row[_STATUS]]
+                status_changes.append((row[0], Status(row[_STATUS])))
+            elif row[_STATUS] != status:
+                row = (*row[:_STATUS], str(status), *row[_STATUS + 1 :])  # the file says nothing of it: ours stands
+            if not diff:
+                report.unchanged += 1
+                continue
+            updates.append({**dict(zip(ROW_FIELDS, row, strict=True)), "updated_at": now, "_id": current.id})
+            history.append(self._change(current.id, now, action, jsonable_diff(diff)))
+        if new:
+            self._insert(new, [row[0] for row in new], now)
+        if updates:
+            self.connection.execute(_UPDATE, updates)
+            report.updated += len(updates)
+        if history:
+            self.connection.execute(sa.insert(_CHANGES), history)
+        return status_changes
+
+    def _insert(self, rows: list[tuple[Any, ...]], addresses: list[str], now: datetime) -> None:
+        """Insert new entries (rows in ``ROW_FIELDS`` order) and their "created" history rows."""
+        stamp = self.stamp(now)
+        if self.postgresql:
+            self._copy(rows, (stamp, stamp))
+        else:
+            stamps = (stamp, stamp)
+            self.connection.exec_driver_sql(self.insert_sql, [row + stamps for row in rows])
+        history = {"at": now, "actor": self.actor, "source": self.source, "addresses": addresses}
+        self.connection.execute(self.created_history, history)
+        self.report.created += len(rows)
+
+    def _copy(self, rows: list[tuple[Any, ...]], stamps: tuple[Any, Any]) -> None:
+        """PostgreSQL: ``COPY`` the rows in, through the transaction's own connection."""
+        driver = cast("psycopg.Connection[Any]", self.connection.connection.driver_connection)
+        with driver.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+            for row in rows:
+                copy.write_row(row + stamps)
+
+    def _change(self, entry_id: int, now: datetime, action: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "entry_id": entry_id,
+            "at": now,
+            "actor": self.actor,
+            "action": action,
+            "source": self.source,
+            "reason": None,
+            "changes": changes,
+        }
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _converter(column_type: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
-    if isinstance(column_type, sa.JSON):  # drivers differ on JSON parameters; JSON text works on all of them
-        return _json_text
-    processor: Callable[[Any], Any] | None = column_type.bind_processor(dialect)
-    return processor
+def _same(value: Any) -> Any:
+    return value

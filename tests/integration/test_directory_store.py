@@ -20,13 +20,16 @@ from mssecure.directory import (
     Format,
     ImportReport,
     Kind,
+    Record,
+    Rejection,
     Status,
     import_records,
     read_records,
     write_entries,
 )
-from mssecure.directory.formats import EXTRACTION_HEADER
+from mssecure.directory.formats import EXTRACTION_HEADER, read_chunks
 from mssecure.directory.identifiers import luhn_check_digit
+from mssecure.directory.importer import import_chunks
 from mssecure.directory.synthetic import write_sample_extraction
 from mssecure.errors import EntryExists, EntryNotFound, InvalidEntry, InvalidTransition
 from mssecure.models import Base
@@ -223,14 +226,16 @@ def test_list_filters(book: Directory, session: Session) -> None:
 # -- import
 
 
-def _import(engine: Engine, fmt: Format, text: str, *, commit: bool = True) -> ImportReport:
+def _import(engine: Engine, fmt: Format, text: str, *, commit: bool = True, **options: object) -> ImportReport:
+    """Import ``text`` as the CLI does (``read_chunks``, then ``import_chunks``)."""
     with engine.connect() as connection:
         transaction = connection.begin()
-        report = import_records(
+        report = import_chunks(
             connection,
-            read_records(fmt, io.BytesIO(text.encode()).readlines()),
+            read_chunks(fmt, io.BytesIO(text.encode()).readlines()),
             actor="importer",
             source="test",
+            **options,  # type: ignore[arg-type]
         )
         transaction.commit() if commit else transaction.rollback()
     return report
@@ -328,6 +333,107 @@ def test_a_file_cannot_reactivate_a_revoked_entry(engine: Engine) -> None:
     ]
 
 
+def test_an_import_stores_each_entry_as_read_with_its_history(engine: Engine) -> None:
+    # Backslashes, and text like COPY's own null marker, must arrive as written (PostgreSQL writes new entries by
+    # COPY, SQLite by executemany).
+    odd = _line(c1="odd@chu-nord.mssante.test", c18="Cabinet \\N", c19="\\", c7="a\tb")
+    text = _sample(1500, with_errors=False) + odd + "\n"
+    clock = Clock()
+    stamp = clock.now + timedelta(seconds=1)  # the first batch's time
+    report = _import(engine, Format.EXTRACTION, text, clock=clock)
+    read = [r.data for r in read_records(Format.EXTRACTION, io.BytesIO(text.encode()).readlines())]
+    assert report.created == len(read) == 1501
+    with make_sessionmaker(engine)() as session:
+        book = Directory(session, local_domains=LOCAL, actor="x")
+        entries = list(book.entries())
+        assert sorted((e.to_data() for e in entries), key=lambda d: d.address) == sorted(
+            (d for d in read if d is not None), key=lambda d: d.address
+        )
+        stored_odd = book.get("odd@chu-nord.mssante.test")
+        assert (stored_odd.organization, stored_odd.trade_name, stored_odd.service) == ("Cabinet \\N", "\\", "a b")
+        for entry in entries:
+            data = entry.to_data()
+            assert (entry.domain, entry.search_text) == (data.domain, data.search_text())
+            assert entry.created_at == entry.updated_at
+            [change] = entry.changes
+            assert (change.action, change.actor, change.source, change.reason, change.changes) == (
+                "created", "importer", "test", None, None
+            )  # fmt: skip
+            assert change.at == entry.created_at
+        assert min(e.created_at for e in entries) == stamp
+        assert max(e.created_at for e in entries) == stamp + timedelta(seconds=1)  # two batches
+    if engine.dialect.name == "sqlite":  # timestamps in the text form the ORM writes, not the driver's own
+        with engine.connect() as connection:
+            raw = connection.exec_driver_sql("SELECT created_at, updated_at FROM directory_entries").all()
+            raw += connection.exec_driver_sql("SELECT at, at FROM directory_changes").all()
+        assert {row[0] for row in raw} | {row[1] for row in raw} == {
+            "2026-11-23 09:00:01.000000",
+            "2026-11-23 09:00:02.000000",
+        }
+
+
+def test_a_reimport_creates_updates_and_keeps_in_one_batch(engine: Engine) -> None:
+    lines = _sample(40, with_errors=False).splitlines()
+    _import(engine, Format.EXTRACTION, "\n".join(lines) + "\n")
+    columns = lines[5].split("|")
+    columns[18] = "Clinique des Lilas (nouveau nom)"
+    lines[5] = "|".join(columns)
+    lines.append(_line(c1="nouvelle@chu-nord.mssante.test"))
+    progress: list[int] = []
+    report = _import(engine, Format.EXTRACTION, "\n".join(lines) + "\n", progress=progress.append)
+    assert (report.created, report.updated, report.unchanged, report.rejected) == (1, 1, 39, [])
+    assert progress == [41]
+    with make_sessionmaker(engine)() as session:
+        book = Directory(session, local_domains=LOCAL, actor="x")
+        assert [c.action for c in book.history("nouvelle@chu-nord.mssante.test")] == ["created"]
+        changed = book.get(columns[1])
+        assert changed.organization == "Clinique des Lilas (nouveau nom)"
+        assert changed.search_text == changed.to_data().search_text()
+        [created, updated] = book.history(changed.address)
+        assert (created.action, updated.action) == ("created", "updated")
+        assert list(updated.changes or {}) == ["organization"]
+
+
+def test_an_import_calls_the_status_hook_for_each_status_it_changes(engine: Engine) -> None:
+    def entry(address: str, status: str, organization: str = "CHU Nord") -> str:
+        return (
+            f'{{"address": "{address}@chu-nord.mssante.test", "kind": "organizational", "status": "{status}", '
+            f'"organization": "{organization}"}}'
+        )
+
+    _import(engine, Format.JSON, "[\n" + ",\n".join(entry(a, "active") for a in "abcd") + "\n]\n")
+    with make_sessionmaker(engine)() as session:
+        Directory(session, local_domains=LOCAL, actor="x").revoke("d@chu-nord.mssante.test", reason="r")
+        session.commit()
+    changes: list[tuple[str, Status]] = []
+    text = "[\n" + ",\n".join([entry("a", "suspended"), entry("b", "active", "Autre"), entry("c", "revoked"),
+                                entry("d", "active"), "42"]) + "\n]\n"  # fmt: skip
+    report = _import(engine, Format.JSON, text, on_status_change=lambda a, s: changes.append((a, s)))
+    assert changes == [("a@chu-nord.mssante.test", Status.SUSPENDED), ("c@chu-nord.mssante.test", Status.REVOKED)]
+    assert (report.updated, report.unchanged) == (3, 0)
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (5, "d@chu-nord.mssante.test is revoked; revocation is final"),
+        (6, "expected an object"),
+    ]
+    with make_sessionmaker(engine)() as session:
+        book = Directory(session, local_domains=LOCAL, actor="x")
+        last = {a: book.history(f"{a}@chu-nord.mssante.test")[-1] for a in "abc"}
+        assert {a: (c.action, c.changes) for a, c in last.items()} == {
+            "a": ("suspended", {"status": ["active", "suspended"]}),
+            "b": ("updated", {"organization": ["CHU Nord", "Autre"]}),
+            "c": ("revoked", {"status": ["active", "revoked"]}),
+        }
+
+
+def test_import_records_takes_records_made_by_hand(engine: Engine) -> None:
+    records = [Record(2, doctor()), Record(3, reason="no"), Record(4, doctor(organization="x"), sets_status=True)]
+    with engine.connect() as connection, connection.begin():
+        report = import_records(connection, records, actor="importer", source="test")
+    assert (report.created, report.duplicates, report.rejected) == (1, 1, [Rejection(3, "no")])
+    with make_sessionmaker(engine)() as session:
+        assert Directory(session, local_domains=LOCAL, actor="x").get(doctor().address).to_data() == doctor()
+
+
 def test_a_rolled_back_import_writes_nothing(engine: Engine) -> None:
     report = _import(engine, Format.EXTRACTION, _sample(50, with_errors=False), commit=False)
     assert report.created == 50
@@ -378,12 +484,12 @@ def test_schema_revision_constant_is_the_newest_migration() -> None:
     assert scripts.get_current_head() == SCHEMA_REVISION
 
 
-def test_parallel_parsing_gives_the_same_records_in_file_order() -> None:
+def test_parallel_parsing_gives_the_same_chunks_in_file_order() -> None:
     raw = io.BytesIO(_sample(5000).encode()).readlines()
-    sequential = list(read_records(Format.EXTRACTION, raw))
-    parallel = list(read_records(Format.EXTRACTION, raw, workers=2))
-    assert [(r.line, r.data, r.reason) for r in parallel] == [(r.line, r.data, r.reason) for r in sequential]
-    assert all(r.search_text == r.data.search_text() for r in parallel if r.data is not None)
+    sequential = list(read_chunks(Format.EXTRACTION, raw))
+    parallel = list(read_chunks(Format.EXTRACTION, raw, workers=2))
+    assert len(parallel) == 3
+    assert parallel == sequential
 
 
 def test_an_import_parsed_in_parallel_stores_the_same_directory(engine: Engine, tmp_path: object) -> None:
@@ -394,7 +500,8 @@ def test_an_import_parsed_in_parallel_stores_the_same_directory(engine: Engine, 
     upgrade_schema(other)
     with other.connect() as connection, connection.begin():
         raw = io.BytesIO(text.encode()).readlines()
-        parallel = import_records(connection, read_records(Format.EXTRACTION, raw, workers=2), actor="a", source="s")
+        chunks = read_chunks(Format.EXTRACTION, raw, workers=2)
+        parallel = import_chunks(connection, chunks, actor="a", source="s")
     assert parallel.to_json() == _import(engine, Format.EXTRACTION, text).to_json()
     query = sa.text("SELECT address, search_text FROM directory_entries ORDER BY address")
     with engine.connect() as a, other.connect() as b:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
@@ -12,9 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mssecure.directory.formats import (
+    _EXTRACTION_FIELDS,
     EXTRACTION_HEADER,
+    Accepted,
+    Chunk,
     Format,
     Record,
+    _extraction_values,
+    address_digest,
+    chunked,
+    read_chunks,
     read_csv,
     read_extraction,
     read_json,
@@ -22,9 +30,9 @@ from mssecure.directory.formats import (
     write_entries,
 )
 from mssecure.directory.identifiers import check_finess, check_rpps
-from mssecure.directory.records import DATA_FIELDS, EntryData, Kind, Status
+from mssecure.directory.records import DATA_FIELDS, ROW_FIELDS, EntryData, Kind, Status, validated_values
 from mssecure.directory.synthetic import SampleSummary, write_sample_extraction
-from mssecure.errors import ImportFormatError
+from mssecure.errors import ImportFormatError, InvalidEntry
 
 Reader = Callable[[Iterable[bytes]], Iterator[Record]]
 
@@ -262,6 +270,111 @@ def test_read_extraction_only_yields_records_after_a_valid_header(lines: list[by
     for record in records:
         assert 2 <= record.line <= len(lines) + 1
         assert (record.data is None) != (record.reason is None)
+
+
+# --- read_chunks: what the importer takes ------------------------------------------------------------------------
+
+
+def flattened(chunks: Iterable[Chunk]) -> tuple[list[tuple[int, str]], list[Accepted]]:
+    chunks = list(chunks)
+    return [r for c in chunks for r in c.rejected], [a for c in chunks for a in c.accepted]
+
+
+def as_chunks(records: Iterable[Record]) -> tuple[list[tuple[int, str]], list[Accepted]]:
+    """What the chunks of a file should hold, made from its records."""
+    records = list(records)
+    rejected = [(r.line, r.reason or "") for r in records if r.data is None]
+    accepted = [(r.line, address_digest(r.data.address), r.data.row(), False) for r in records if r.data is not None]
+    return rejected, accepted
+
+
+def test_read_chunks_of_an_extraction_hold_what_its_records_hold() -> None:
+    out = io.StringIO()
+    write_sample_extraction(out, 4500, seed=3, with_errors=True)
+    raw = lines_of(out.getvalue())
+    chunks = list(read_chunks(Format.EXTRACTION, raw))
+    assert [len(c.rejected) + len(c.accepted) for c in chunks] == [2000, 2000, 507]
+    assert flattened(chunks) == as_chunks(read_extraction(raw))
+
+
+def test_read_chunks_of_the_sample_line() -> None:
+    [chunk] = read_chunks(Format.EXTRACTION, extraction("", SAMPLE))  # a blank line is skipped, but counted
+    assert chunk.rejected == []
+    [(line, digest, row, sets_status)] = chunk.accepted
+    assert (line, digest, sets_status) == (3, address_digest(SAMPLE_DATA.address), False)
+    assert dict(zip(ROW_FIELDS, row, strict=True)) == {
+        **SAMPLE_DATA.to_dict(),
+        "kind": "personal",
+        "status": "active",
+        "domain": "infirmier.mssante.test",
+        "search_text": SAMPLE_DATA.search_text(),
+    }
+    assert [type(v) for v in row[1:3]] == [str, str]  # plain text, not enums: cheap to pickle
+
+
+def test_read_chunks_rejects_a_line_that_is_not_utf8() -> None:
+    raw = extraction(SAMPLE)
+    raw.append(row({LAST_NAME: "LEF\xc8VRE"}).encode("latin-1") + b"\n")
+    [chunk] = read_chunks(Format.EXTRACTION, raw)
+    assert chunk.rejected == [(3, "line is not valid UTF-8")]
+    assert [a[0] for a in chunk.accepted] == [2]
+
+
+def test_read_chunks_refuses_a_file_without_the_header() -> None:
+    with pytest.raises(ImportFormatError, match=r"^not a national directory extraction"):
+        list(read_chunks(Format.EXTRACTION, [SAMPLE.encode()]))
+
+
+@pytest.mark.parametrize(("fmt", "reader"), [(Format.CSV, read_csv), (Format.JSON, read_json)])
+def test_read_chunks_of_csv_and_json_are_their_records(fmt: Format, reader: Reader) -> None:
+    raw = lines_of(write(fmt, ENTRIES))
+    [chunk] = read_chunks(fmt, raw)
+    assert chunk.rejected == []
+    assert chunk.accepted == [
+        (r.line, address_digest(r.data.address), r.data.row(), True) for r in reader(raw) if r.data is not None
+    ]
+
+
+def test_chunked_cuts_records_into_chunks_of_a_size() -> None:
+    records = [Record(2, SAMPLE_DATA), Record(3, reason="no"), Record(4, SAMPLE_DATA, sets_status=True)]
+    assert list(chunked(records, 2)) == [
+        Chunk([(3, "no")], [(2, address_digest(SAMPLE_DATA.address), SAMPLE_DATA.row(), False)]),
+        Chunk([], [(4, address_digest(SAMPLE_DATA.address), SAMPLE_DATA.row(), True)]),
+    ]
+
+
+@settings(max_examples=60)
+@given(st.lists(_extraction_lines, max_size=6))
+def test_read_chunks_and_read_extraction_agree_on_any_lines(lines: list[bytes]) -> None:
+    raw = [HEADER.encode(), *lines]
+    assert flattened(read_chunks(Format.EXTRACTION, raw)) == as_chunks(read_extraction(raw))
+
+
+_TEXT_COLUMNS = [7, 8, 9, 10, *range(11, 17), *range(18, 31)]  # the text fields of an extraction line
+_text_cells = st.one_of(
+    st.text(st.characters(exclude_characters="|"), max_size=12),
+    st.text(alphabet=" \t\xa0\u3000\x85abcÉé", max_size=8),
+    st.sampled_from(["", " ", "x" * 200, "x" * 201, " " + "x" * 200, "Dupré  Martin", " Dupré ", "a\tb", "Œ"]),
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(_TEXT_COLUMNS), _text_cells, max_size=4), st.sampled_from(["", " "]))
+def test_a_line_said_plain_validates_as_with_the_full_text_pass(changes: dict[int, str], pad: str) -> None:
+    # The extraction reader skips stripping, and validation's text pass, when the line shows they would change
+    # nothing: what it reads must be what they give.
+    values, plain = _extraction_values(pad + row(changes))
+    for position, value in changes.items():
+        assert values[_EXTRACTION_FIELDS[position]] == (value.strip() or None)
+    try:
+        full = validated_values(values)
+    except InvalidEntry as exc:
+        if plain:
+            with pytest.raises(InvalidEntry, match=re.escape(str(exc))):
+                validated_values(values, plain_text=True)
+        return
+    if plain:
+        assert validated_values(values, plain_text=True) == full
 
 
 # --- mssecure CSV and JSON: round trip ---------------------------------------------------------------------------

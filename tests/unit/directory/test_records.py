@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from typing import Any
 
@@ -10,7 +11,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mssecure.directory.records import EntryData, Kind, Status, fold
+from mssecure.directory.records import (
+    DATA_FIELDS,
+    ROW_FIELDS,
+    EntryData,
+    Kind,
+    Status,
+    entry_row,
+    fold,
+    validated_values,
+)
 from mssecure.errors import InvalidEntry
 
 RPPS = "10869073667"
@@ -275,6 +285,72 @@ def test_fold_output_has_no_combining_characters(text: str) -> None:
 def test_fold_output_is_casefolded(text: str) -> None:
     folded = fold(text)
     assert folded.casefold() == folded
+
+
+def _fold_as_first_written(text: str) -> str:
+    """``fold`` before it skipped the ligature table for text already ASCII: the reference it must still match."""
+
+    def once(text: str) -> str:
+        if text.isascii():
+            return text.lower()
+        stripped = re.sub("[\u0300-\u036f]+", "", unicodedata.normalize("NFKD", text.casefold()))
+        if not stripped.isascii():
+            stripped = "".join(c for c in stripped if not unicodedata.combining(c))
+        return stripped.translate(str.maketrans({"œ": "oe", "Œ": "oe", "æ": "ae", "Æ": "ae", "ß": "ss"}))
+
+    folded = once(text)
+    for _ in range(4):
+        again = once(folded)
+        if again == folded:
+            break
+        folded = again
+    return folded
+
+
+@given(st.text())
+@example("Lætitia Œuvray")
+@example("Ǽ")
+def test_fold_folds_as_it_was_first_written(text: str) -> None:
+    assert fold(text) == _fold_as_first_written(text)
+
+
+# Fields of an organizational entry that search_text holds, in the order it holds them (after the address).
+_SEARCHED = ("last_name", "first_name", "organization", "trade_name", "service", "profession_label")
+_parts = st.text(max_size=12) | st.sampled_from(["Lætitia", "Ǽ", "\u0301", "İ", "ﬁ", " ", "ΣΑΣ"])
+
+
+@given(st.lists(_parts, min_size=len(_SEARCHED), max_size=len(_SEARCHED)))
+def test_search_text_is_the_folded_text_of_the_searched_fields(texts: list[str]) -> None:
+    # search_text folds field by field, which must give what folding the joined text gives.
+    entry = service(**dict(zip(_SEARCHED, texts, strict=True)))
+    assert entry.search_text() == fold(" ".join(p for p in (entry.address, *texts) if p))
+
+
+# --- the importer's rows -----------------------------------------------------------------------------------------
+
+
+def test_row_fields_are_the_fields_then_the_domain_and_the_search_text() -> None:
+    assert (*DATA_FIELDS, "domain", "search_text") == ROW_FIELDS
+    assert DATA_FIELDS[:3] == ("address", "kind", "status")  # entry_row writes these three itself
+
+
+def test_row_holds_every_value_in_row_fields_order_with_plain_text_for_enums() -> None:
+    entry = doctor(status=Status.SUSPENDED, dematerialisation=False).validated()
+    row = entry.row()
+    assert dict(zip(ROW_FIELDS, row, strict=True)) == {
+        **entry.to_dict(),
+        "kind": "personal",
+        "status": "suspended",
+        "domain": "chu-nord.mssante.test",
+        "search_text": entry.search_text(),
+    }
+    assert [type(v) for v in row[1:3]] == [str, str]
+    assert row == entry_row(validated_values(entry.to_dict()))
+
+
+def test_validated_values_are_those_of_the_validated_entry() -> None:
+    given = doctor(address=" Camille.Lefevre@CHU-Nord.mssante.test", first_name=" Camille ").to_dict()
+    assert validated_values(given) == EntryData.from_values(given).to_dict()
 
 
 def test_entry_data_is_frozen() -> None:
