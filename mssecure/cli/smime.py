@@ -115,20 +115,9 @@ def verify(cli: CliContext, infile: IO[bytes], at: datetime | None, legacy: bool
     when = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
     with cli.session() as session:
         space = TrustSpace(session, cli.config, actor=cli.operator_account)
-        ours = cli.material.ca_certificate()
-
-        def anchors_for(sender: str | None) -> list[x509.Certificate]:
-            # Our CA for our domains, a peer's CA for that peer's domains, nothing for anyone else.
-            if sender is None:
-                return []
-            if sender.rpartition("@")[2] in cli.config.operator.domains:
-                return [ours]
-            peer = space.anchor_for(sender)
-            return [peer] if peer is not None else []
-
         result = smime.verify(
             message,
-            anchors=anchors_for,
+            anchors=space.anchors(cli.material.ca_certificate()),
             crls=[cli.material.crl(), *space.crls()],
             at=when,
             policy=LEGACY if legacy else STRICT,

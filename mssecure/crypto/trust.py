@@ -419,6 +419,21 @@ class TrustSpace:
                 return x509.load_pem_x509_certificate(operator.ca_pem.encode())
         return None
 
+    def anchors(self, our_ca: x509.Certificate) -> Callable[[str | None], list[x509.Certificate]]:
+        """The trust anchors for a signer address, as ``smime.verify`` takes them: our CA for our domains, a peer's
+        CA for that peer's domains, nothing for anyone else."""
+        ours = self.config.operator.domains
+
+        def anchors_for(address: str | None) -> list[x509.Certificate]:
+            if address is None:
+                return []
+            if address.rpartition("@")[2] in ours:
+                return [our_ca]
+            peer = self.anchor_for(address)
+            return [peer] if peer is not None else []
+
+        return anchors_for
+
     def crls(self) -> list[x509.CertificateRevocationList]:
         """The peers' CRLs, as their last bundles carried them."""
         crls = []

@@ -6,8 +6,6 @@ ones, and rebuilds a delivered message from the transport header of an encrypted
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from email.utils import getaddresses
 
 __all__ = [
@@ -20,8 +18,6 @@ __all__ = [
     "with_entity",
     "without_fields",
 ]
-
-_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
 
 def split(message: bytes) -> tuple[bytes, bytes]:

@@ -383,25 +383,12 @@ class Processor:
                     continue
         raise Refused(replies.DECRYPTION_FAILED, "no recipient key decrypts the message")
 
-    def _anchors(self, session: Session) -> Callable[[str | None], list[x509.Certificate]]:
-        space = TrustSpace(session, self.config, actor="relay")
-
-        def anchors_for(address: str | None) -> list[x509.Certificate]:
-            if address is None:
-                return []
-            if address.rpartition("@")[2] in self.config.operator.domains:
-                return [self._ca]
-            peer = space.anchor_for(address)
-            return [peer] if peer is not None else []
-
-        return anchors_for
-
     def _verify(self, session: Session, message: bytes) -> smime.Verification:
         space = TrustSpace(session, self.config, actor="relay")
         try:
             return smime.verify(
                 message,
-                anchors=self._anchors(session),
+                anchors=space.anchors(self._ca),
                 crls=[self.material.crl(), *space.crls()],
                 at=self.clock(),
             )
