@@ -311,6 +311,45 @@ class DeliveryConfig:
     )
 
 
+def _check_non_negative(value: int) -> int:
+    if value < 0:
+        _raise("must be 0 or more")
+    return value
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """The audit archive: signed checkpoints and the encrypted message store."""
+
+    checkpoint_interval: int = _setting(
+        "Seconds between two signed checkpoints written by the relay while it runs (one more is written when it "
+        "stops); 0 writes them only at stop.",
+        example=300,
+        check=_check_non_negative,
+        default=300,
+    )
+    store_messages: bool = _setting(
+        "Keep an encrypted copy of every accepted message, as received and as delivered, in the archive's "
+        "message store.",
+        example=True,
+        default=True,
+    )
+    retention_received: int = _setting(
+        "Days the message store keeps a message as received (from a client or a peer operator) before "
+        "`mssecure archive purge` deletes it; 0 keeps it forever. Events and proofs are never purged.",
+        example=3650,
+        check=_check_non_negative,
+        default=3650,
+    )
+    retention_delivered: int = _setting(
+        "Days the message store keeps a message as delivered (to a mailbox or a peer operator) before "
+        "`mssecure archive purge` deletes it; 0 keeps it forever.",
+        example=3650,
+        check=_check_non_negative,
+        default=3650,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` is the file it was read from."""
@@ -324,6 +363,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
 
     @property
     def crl_url(self) -> str:
@@ -364,6 +404,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "smtp": SmtpConfig,
     "auth": AuthConfig,
     "delivery": DeliveryConfig,
+    "archive": ArchiveConfig,
 }
 
 

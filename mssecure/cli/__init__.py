@@ -87,7 +87,21 @@ def main(ctx: click.Context, config_path: str | None, actor: str | None, debug: 
 
 
 def _register() -> None:
-    from mssecure.cli import admin, archive, certs, demo, directory, mailbox, queue, serve, smime, trust
+    from mssecure.cli import (
+        admin,
+        archive,
+        archive_proofs,
+        certs,
+        client,
+        demo,
+        directory,
+        dovecot,
+        mailbox,
+        queue,
+        serve,
+        smime,
+        trust,
+    )
 
     main.add_command(admin.init)
     main.add_command(admin.db)
@@ -102,6 +116,10 @@ def _register() -> None:
     main.add_command(trust.trust)
     main.add_command(demo.demo)
     main.add_command(archive.archive)
+    for command in archive_proofs.COMMANDS:  # export, verify-export, evidence, verify-evidence
+        archive.archive.add_command(command)
+    for command in (*dovecot.COMMANDS, *client.COMMANDS):  # dovecot config; client-config, send, verify
+        main.add_command(command)
 
 
 _register()
