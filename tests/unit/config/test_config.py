@@ -114,7 +114,7 @@ def test_operator_domains_is_the_domain_alone_without_extra_domains() -> None:
     [
         (
             MINIMAL + "[bogus]\nkey = 1\n",
-            r"unknown section \[bogus\] \(known: operator, database, paths, pki, dkim, smtp, auth, delivery\)",
+            r"unknown section \[bogus\] \(known: operator, database, paths, pki, dkim, smtp, auth, delivery, archive\)",
         ),
         (MINIMAL + "bogus = 1\n", r"unknown key operator\.bogus \(known: domain, hostname, extra_domains\)"),
         (MINIMAL + "[database]\nuri = 'sqlite:///x.db'\n", r"unknown key database\.uri"),
