@@ -96,34 +96,43 @@ class Archive:
         """Archive one event; returns its sequence number."""
         return self.append_many([event])[0]
 
-    def append_many(self, events: Iterable[Event]) -> list[int]:
-        """Archive events in one transaction, in the order given; returns their sequence numbers."""
+    def append_many(self, events: Iterable[Event], *, connection: sa.Connection | None = None) -> list[int]:
+        """Archive events in one transaction, in the order given; returns their sequence numbers.
+
+        With ``connection``, the events are written in the caller's open transaction (the relay's queue writes its
+        rows and the events about them together: both commit, or neither does); else in a transaction of their own.
+        """
         batch = list(events)
         if not batch:
             return []
-        with self.engine.begin() as connection:
-            taken = connection.execute(
-                sa.update(_head)
-                .where(_head.c.id == 1)
-                .values(sequence=_head.c.sequence + len(batch))
-                .returning(_head.c.sequence, _head.c.hash, _head.c.frontier)
-            ).one_or_none()
-            if taken is None:
-                raise ArchiveError("the archive has no chain head (was the database created by `mssecure db upgrade`?)")
-            first = taken.sequence - len(batch) + 1
-            prev = taken.hash
-            try:
-                frontier = MerkleFrontier.from_bytes(first - 1, taken.frontier)
-            except ValueError:
-                raise ArchiveError("the archive's chain head is damaged (run `mssecure archive verify`)") from None
-            rows = []
-            for sequence, event in enumerate(batch, start=first):
-                row = self._row(sequence, event, prev)
-                prev = row["hash"]
-                frontier.append_leaf_hash(bytes.fromhex(prev))
-                rows.append(row)
-            connection.execute(sa.insert(_events), rows)
-            connection.execute(sa.update(_head).where(_head.c.id == 1).values(hash=prev, frontier=frontier.to_bytes()))
+        if connection is not None:
+            return self._append(connection, batch)
+        with self.engine.begin() as own:
+            return self._append(own, batch)
+
+    def _append(self, connection: sa.Connection, batch: list[Event]) -> list[int]:
+        taken = connection.execute(
+            sa.update(_head)
+            .where(_head.c.id == 1)
+            .values(sequence=_head.c.sequence + len(batch))
+            .returning(_head.c.sequence, _head.c.hash, _head.c.frontier)
+        ).one_or_none()
+        if taken is None:
+            raise ArchiveError("the archive has no chain head (was the database created by `mssecure db upgrade`?)")
+        first = taken.sequence - len(batch) + 1
+        prev = taken.hash
+        try:
+            frontier = MerkleFrontier.from_bytes(first - 1, taken.frontier)
+        except ValueError:
+            raise ArchiveError("the archive's chain head is damaged (run `mssecure archive verify`)") from None
+        rows = []
+        for sequence, event in enumerate(batch, start=first):
+            row = self._row(sequence, event, prev)
+            prev = row["hash"]
+            frontier.append_leaf_hash(bytes.fromhex(prev))
+            rows.append(row)
+        connection.execute(sa.insert(_events), rows)
+        connection.execute(sa.update(_head).where(_head.c.id == 1).values(hash=prev, frontier=frontier.to_bytes()))
         return list(range(first, first + len(batch)))
 
     @staticmethod

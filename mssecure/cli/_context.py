@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -16,6 +17,9 @@ from mssecure.config import Config, find_config_file, load_config
 from mssecure.crypto.authority import CertificateService, OperatorMaterial
 from mssecure.db import check_schema, make_engine, make_sessionmaker
 from mssecure.directory import Directory, Status
+
+if TYPE_CHECKING:
+    from mssecure.smtp.events import Journal
 
 __all__ = ["CliContext"]
 
@@ -78,6 +82,28 @@ class CliContext:
             source=source,
             on_status_change=self.status_listener(session),
         )
+
+    @cached_property
+    def journal(self) -> Journal:
+        """Operator actions go to the archive (and the log), as the relay's decisions do."""
+        from mssecure.archive.log import Archive
+        from mssecure.smtp.events import Journal
+
+        archive = Archive(self.engine, origin=self.config.operator.domain)
+        return Journal(archive=archive, transactional=lambda connection, events: archive.append_many(
+            events, connection=connection))  # fmt: skip
+
+    def record(self, session: Session | None, type: str, outcome: str = "ok", **fields: Any) -> None:
+        """Archive an operator action done by this command, in ``session``'s transaction when one is given (the
+        change and its record commit together), else on its own."""
+        from mssecure.smtp.events import Event
+
+        event = Event(type, outcome, actor=self.operator_account, **fields)
+        if session is None:
+            self.journal(event)
+        else:
+            self.journal.within(session.connection(), [event])
+            self.journal.logged([event])
 
     def close(self) -> None:
         for engine in self._engines:

@@ -77,6 +77,8 @@ def issue(cli: CliContext, address: str, key_type: str, days: int | None, as_jso
     with cli.session() as session:
         record = cli.certificates(session).issue(address, key_type=key_type, days=days)  # type: ignore[arg-type]
         result = record_json(record)
+        cli.record(session, "certificate.issued", recipients=(record.address,),
+                   reason=f"serial {record.serial}, {key_type}")  # fmt: skip
     if as_json:
         echo_json(result)
     else:
@@ -140,6 +142,8 @@ def renew(cli: CliContext, address: str, key_type: str | None, as_json: bool) ->
     with cli.session() as session:
         renewal = cli.certificates(session).renew(address, key_type=key_type)  # type: ignore[arg-type]
         new, superseded = record_json(renewal.new), [r.serial for r in renewal.old]
+        cli.record(session, "certificate.renewed", recipients=(renewal.new.address,),
+                   reason=f"serial {renewal.new.serial}; superseded: {', '.join(superseded) or 'none'}")  # fmt: skip
     if as_json:
         echo_json({"new": new, "superseded": superseded})
     else:
@@ -166,6 +170,8 @@ def revoke(cli: CliContext, address: str | None, serial: str | None, fingerprint
     with cli.session() as session:
         records = cli.certificates(session).revoke(given[0], reason=reason)
         serials = [r.serial for r in records]
+        cli.record(session, "certificate.revoked", recipients=tuple(sorted({r.address for r in records})),
+                   reason=f"{reason}: {', '.join(serials)}")  # fmt: skip
     click.echo(f"Revoked {', '.join(serials)} ({reason}); CRL republished.")
 
 
@@ -175,6 +181,7 @@ def crl(cli: CliContext) -> None:
     """Regenerate the CRL file (also done on every revocation, suspension and reactivation)."""
     with cli.session() as session:
         path = cli.certificates(session).publish_crl()
+        cli.record(session, "crl.published", reason=str(path.name))
     click.echo(f"CRL written to {path}; publish it at {cli.config.crl_url}")
 
 
@@ -203,5 +210,7 @@ def export_p12(cli: CliContext, address: str, out: Path, password_file: Path | N
     password = _read_password(password_file)
     with cli.session() as session:
         data = cli.certificates(session).export_p12(address, password)
+        # The key leaves the operator: recorded (the password never is).
+        cli.record(session, "certificate.exported", recipients=(address.strip().lower(),), reason="PKCS#12 with key")
     write_private_file(out, data)
     click.echo(f"Wrote {out} (mode 0600); import it in the mail client with its password.", err=True)

@@ -141,6 +141,8 @@ def add(cli: CliContext, /, address: str, kind: str, rpps: str | None, adeli: st
         entry = book.add(data, reason=reason)
         session.flush()
         result = entry_json(entry, book)
+        note = f"{kind}; {reason}" if reason else kind
+        cli.record(session, "directory.added", recipients=(entry.address,), reason=note)
     if as_json:
         echo_json(result)
     else:
@@ -238,6 +240,7 @@ def _status_command(name: str, reason_required: bool) -> click.Command:
         with cli.session() as session:
             book = cli.directory(session, f"directory {name}")
             entry = getattr(book, name)(address, reason=reason)
+            cli.record(session, f"directory.{name}", recipients=(entry.address,), reason=reason)
             click.echo(f"{entry.address} is now {entry.status}.")
 
     command.__doc__ = {
@@ -353,6 +356,9 @@ def import_(
         if dry_run or (strict and report.rejected):
             transaction.rollback()
         else:
+            counts = ", ".join(f"{label} {getattr(report, label)}" for label in ("created", "updated", "unchanged"))
+            cli.record(session, "directory.imported", reason=f"{file.name} ({file_format}): {counts}, rejected "
+                       f"{len(report.rejected)}")  # fmt: skip
             transaction.commit()
     if as_json:
         echo_json(report.to_json())

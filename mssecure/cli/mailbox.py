@@ -42,6 +42,7 @@ def set_password(cli: CliContext, address: str, password_file: Path | None) -> N
     password = _read_password(password_file)
     with cli.session() as session:
         entry = _mailboxes(cli, session, "directory set-password").set_password(address, password)
+        cli.record(session, "mailbox.password_set", recipients=(entry.address,))  # never the password
     click.echo(f"Password set for {entry.address}")
 
 
@@ -53,6 +54,7 @@ def delegate(cli: CliContext, organization: str, person: str) -> None:
     """Let PERSON send as (and read) the organizational mailbox ORGANIZATION."""
     with cli.session() as session:
         _mailboxes(cli, session, "directory delegate").delegate(organization, person)
+        cli.record(session, "mailbox.delegated", recipients=(organization.lower(), person.lower()))
     click.echo(f"{person.lower()} is now a delegate of {organization.lower()}")
 
 
@@ -64,6 +66,7 @@ def undelegate(cli: CliContext, organization: str, person: str) -> None:
     """Withdraw PERSON's delegation on ORGANIZATION."""
     with cli.session() as session:
         _mailboxes(cli, session, "directory undelegate").undelegate(organization, person)
+        cli.record(session, "mailbox.undelegated", recipients=(organization.lower(), person.lower()))
     click.echo(f"{person.lower()} is no longer a delegate of {organization.lower()}")
 
 
@@ -95,6 +98,7 @@ def end_to_end(cli: CliContext, address: str, enabled: bool) -> None:
     """End-to-end mode: ADDRESS holds its own key (PKCS#12) and receives mail encrypted, as it arrived."""
     with cli.session() as session:
         entry = _mailboxes(cli, session, "directory end-to-end").set_end_to_end(address, enabled)
+        cli.record(session, "mailbox.end_to_end", "on" if enabled else "off", recipients=(entry.address,))
     click.echo(f"End-to-end mode {'on' if enabled else 'off'} for {entry.address}")
 
 

@@ -9,7 +9,7 @@ import click
 from mssecure.cli._context import CliContext
 from mssecure.cli._output import echo_json, echo_table
 from mssecure.db import make_sessionmaker
-from mssecure.smtp.events import Event, LogSink
+from mssecure.smtp.events import Event
 from mssecure.smtp.models import QUEUE_STATES, QueuedMessage
 from mssecure.smtp.queue import Queue, Spool
 
@@ -21,7 +21,8 @@ pass_cli = click.make_pass_decorator(CliContext)
 def _queue(cli: CliContext) -> Queue:
     config = cli.config
     return Queue(make_sessionmaker(cli.engine), Spool(config.data_dir / "spool"),
-                 retry_schedule=config.delivery.retry_schedule, max_lifetime=config.delivery.max_lifetime)  # fmt: skip
+                 retry_schedule=config.delivery.retry_schedule, max_lifetime=config.delivery.max_lifetime,
+                 journal=cli.journal)  # fmt: skip
 
 
 def _json(message: QueuedMessage) -> dict[str, Any]:
@@ -102,8 +103,11 @@ def retry(cli: CliContext, queue_id: str | None, everything: bool) -> None:
     """Make a deferred message (or --all) due now; a running relay picks it up within a second."""
     if bool(queue_id) == everything:
         raise click.UsageError("give a queue id or --all")
-    count = _queue(cli).retry(None if everything else queue_id)
-    LogSink()(Event("queue.retry", "ok", actor=cli.operator_account, queue_id=queue_id, reason=f"{count} due now"))
+
+    def made_due(count: int) -> list[Event]:
+        return [Event("queue.retry", "ok", actor=cli.operator_account, queue_id=queue_id, reason=f"{count} due now")]
+
+    count = _queue(cli).retry(None if everything else queue_id, made_due)
     click.echo(f"{count} recipient(s) due now")
 
 
@@ -112,8 +116,8 @@ def retry(cli: CliContext, queue_id: str | None, everything: bool) -> None:
 @pass_cli
 def delete(cli: CliContext, queue_id: str) -> None:
     """Delete a queued message without delivering it (no notice is sent; the deletion is recorded)."""
-    message = _queue(cli).delete(queue_id)
-    LogSink()(Event("queue.delete", "ok", actor=cli.operator_account, queue_id=message.id,
-                    message_id=message.message_id, sha256=message.sha256, sender=message.sender,
-                    recipients=tuple(r.address for r in message.recipients)))  # fmt: skip
+    message = _queue(cli).delete(queue_id, lambda message: [
+        Event("queue.delete", "ok", actor=cli.operator_account, queue_id=message.id, message_id=message.message_id,
+              sha256=message.sha256, sender=message.sender, recipients=tuple(r.address for r in message.recipients),
+              reason="deleted by the operator; no notice sent")])  # fmt: skip
     click.echo(f"Deleted {message.id} ({len(message.recipients)} recipient(s))")

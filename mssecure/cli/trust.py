@@ -54,6 +54,7 @@ def export(cli: CliContext, out: Path) -> None:
         raise TrustError(f"{out} already exists: refusing to overwrite it")
     with cli.session() as session:
         data = export_bundle(session, cli.config, cli.material, now=utcnow())
+        cli.record(session, "trust.exported", reason=f"{out.name}, {len(data)} bytes")
     write_private_file(out, data, mode=0o644)
     click.echo(f"Wrote the trust bundle of {cli.config.operator.domain} to {out}.")
     click.echo("Peers import it with (confirm the fingerprint with them by another channel):")
@@ -82,6 +83,9 @@ def import_(cli: CliContext, file: Path, confirmed: str, replace_ca: bool, max_s
     bundle = read_bundle(data, confirmed_fingerprint=confirmed, now=utcnow(), max_size=limit)
     with cli.session() as session:
         outcome = _space(cli, session).import_bundle(bundle, replace_ca=replace_ca)
+        cli.record(session, "trust.imported", reason=f"{bundle.domain} "
+                   f"({', '.join(bundle.domains)}), relay {bundle.relay}, CA {confirmed}, {outcome.directory.created} "
+                   f"created, {outcome.directory.updated} updated, {len(outcome.revoked)} revoked")  # fmt: skip
         result = {"operator": operator_json(outcome.operator), "directory": outcome.directory.to_json(),
                   "revoked": outcome.revoked}  # fmt: skip
     if as_json:
@@ -133,4 +137,5 @@ def remove(cli: CliContext, domain: str) -> None:
     with cli.session() as session:
         operator, revoked = _space(cli, session).remove(domain)
         name = operator.domain
+        cli.record(session, "trust.removed", reason=f"{name}; {len(revoked)} entries revoked")
     click.echo(f"Removed {name} from the trust space; {len(revoked)} of its entries revoked.")

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import re
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import aiosmtplib
 import sqlalchemy as sa
@@ -26,7 +27,7 @@ from mssecure.crypto.authority import OperatorMaterial
 from mssecure.crypto.models import TrustedOperator
 from mssecure.db import utcnow
 from mssecure.errors import QueueError
-from mssecure.smtp.events import Event, EventSink
+from mssecure.smtp.events import Event, EventSink, digest
 from mssecure.smtp.maildir import Maildirs
 from mssecure.smtp.notifications import FailedRecipient
 from mssecure.smtp.processing import Processor
@@ -74,10 +75,6 @@ class DeliveryWorker:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def enqueue(self, items: list[Outgoing]) -> list[str]:
-        """Queue follow-up messages (notifications) from a worker thread."""
-        return self.queue.enqueue(items) if items else []
-
     async def run(self, stop: asyncio.Event, *, poll: float = 1.0) -> None:
         while not stop.is_set():
             try:
@@ -108,27 +105,41 @@ class DeliveryWorker:
             except Exception as exc:  # a bug or the database: retry later, with the stack in the log
                 log.exception("delivery of %s failed unexpectedly", claim.queue_id)
                 ids = [rid for rid, _ in claim.recipients]
+                addresses = tuple(address for _, address in claim.recipients)
                 error = f"internal error: {type(exc).__name__}"
                 if self.clock() >= claim.expires_at:
-                    await asyncio.to_thread(self.queue.bounced, ids, error)  # no DSN: making it is what failed
+                    bounced = self._event(claim, "bounced", "failed", addresses, reason=f"{error}; no DSN")
+                    await asyncio.to_thread(self.queue.bounced, ids, error, [bounced])  # no DSN: making it failed
                 else:
-                    await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts)
+                    deferred = self._event(claim, "deferred", "deferred", addresses, reason=error)
+                    await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts,
+                                            events=[deferred])  # fmt: skip
+
+    @staticmethod
+    def _event(claim: Claim, type: str, outcome: str, recipients: Sequence[str], **fields: Any) -> Event:
+        return Event(type, outcome, actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
+                     sender=claim.sender, recipients=tuple(recipients), **fields)  # fmt: skip
 
     # Local
 
     async def _deliver_local(self, claim: Claim) -> None:
         data = await asyncio.to_thread(self.queue.spool.read, claim.queue_id)
+        sha256 = await asyncio.to_thread(digest, data)
         for recipient_id, address in claim.recipients:
             path, _ = await asyncio.to_thread(self.maildirs.deliver, address, data, f"{claim.queue_id}.{recipient_id}")
             followers = await asyncio.to_thread(self.processor.dispatched, claim, address, data)
-            await asyncio.to_thread(self._finish_local, recipient_id, followers)
-            self.events(Event("delivered", "ok", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
-                              sender=claim.sender, recipients=(address,), reason=f"maildir {path.name}"))  # fmt: skip
+            delivered = self._event(claim, "delivered", "ok", (address,), sha256=sha256, reason=f"maildir {path.name}")
+            await asyncio.to_thread(self._finish_local, claim, recipient_id, address, followers, delivered)
         self.wake.set()
 
-    def _finish_local(self, recipient_id: int, followers: list[Outgoing]) -> None:
-        self.enqueue(followers)
-        self.queue.delivered([recipient_id])
+    def _finish_local(
+        self, claim: Claim, recipient_id: int, address: str, followers: list[Outgoing], delivered: Event
+    ) -> None:
+        if followers:
+            mdn = Event("mdn.sent", "dispatched", actor=address, message_id=claim.message_id, sender=address,
+                        recipients=(address,), reason=f"dispatched MDN to {claim.disposition_to}")  # fmt: skip
+            self.queue.enqueue(followers, lambda ids: [replace(mdn, queue_id=",".join(ids))])
+        self.queue.delivered([recipient_id], [delivered])
 
     # Remote
 
@@ -160,9 +171,10 @@ class DeliveryWorker:
             return
         accepted = [a for a in ids if a not in refused]
         if accepted:
-            await asyncio.to_thread(self.queue.delivered, [ids[a] for a in accepted])
-            self.events(Event("relayed", "ok", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
-                              sender=claim.sender, recipients=tuple(accepted), reply=reply[:200]))  # fmt: skip
+            sha256 = await asyncio.to_thread(digest, data)
+            relayed = self._event(claim, "relayed", "ok", accepted, sha256=sha256, peer=f"{peer.host}:{peer.port}",
+                                  reason=f"to {peer.hostname} over mutual TLS", reply=reply[:200])  # fmt: skip
+            await asyncio.to_thread(self.queue.delivered, [ids[a] for a in accepted], [relayed])
         for address, (code, message) in refused.items():
             await self._failed(claim, [address], code, f"{code} {message}", peer)
 
@@ -201,10 +213,10 @@ class DeliveryWorker:
         if self.clock() >= claim.expires_at:
             await self._bounce(claim, addresses, "4.4.7", f"delivery time expired; last error: {error}")
             return
-        when = await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts)
-        self.events(Event("deferred", "deferred", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
-                          sender=claim.sender, recipients=tuple(addresses),
-                          reason=f"{error[:300]}; next attempt {when.isoformat()}"))  # fmt: skip
+        delay = self.queue.retry_delay(claim.attempts)
+        deferred = self._event(claim, "deferred", "deferred", addresses,
+                               reason=f"{error[:300]}; next attempt in {delay} s")  # fmt: skip
+        await asyncio.to_thread(self.queue.deferred, ids, error, attempts=claim.attempts, events=[deferred])
 
     async def _bounce(
         self, claim: Claim, addresses: list[str], status: str, diagnostic: str, *, remote: str | None = None
@@ -216,14 +228,18 @@ class DeliveryWorker:
         except QueueError:
             original = b""
         notices = await asyncio.to_thread(self.processor.dsn, claim, failures, original)
-        await asyncio.to_thread(self._finish_bounce, ids, diagnostic, notices)
-        self.events(Event("bounced", "failed", actor="relay", queue_id=claim.queue_id, message_id=claim.message_id,
-                          sender=claim.sender, recipients=tuple(addresses), reason=diagnostic[:300]))  # fmt: skip
+        bounced = self._event(claim, "bounced", "failed", addresses, reason=f"{status} {diagnostic[:300]}")
+        await asyncio.to_thread(self._finish_bounce, claim, ids, addresses, diagnostic, notices, bounced)
         self.wake.set()
 
-    def _finish_bounce(self, ids: list[int], diagnostic: str, notices: list[Outgoing]) -> None:
-        self.enqueue(notices)
-        self.queue.bounced(ids, diagnostic)
+    def _finish_bounce(
+        self, claim: Claim, ids: list[int], addresses: list[str], diagnostic: str, notices: list[Outgoing],
+        bounced: Event,
+    ) -> None:  # fmt: skip
+        if notices:
+            dsn = self._event(claim, "dsn.sent", "failed", addresses, reason=f"DSN to {claim.sender}")
+            self.queue.enqueue(notices, lambda queue_ids: [replace(dsn, queue_id=",".join(queue_ids))])
+        self.queue.bounced(ids, diagnostic, [bounced])
 
 
 _ENHANCED = re.compile(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}")  # RFC 3463 §2: class.subject.detail

@@ -6,15 +6,23 @@ envelope, with the outcome, the reason and the reply sent. Never a body, a subje
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+import sqlalchemy as sa
+
 from mssecure.db import utcnow
 
-__all__ = ["Event", "EventSink", "LogSink"]
+__all__ = ["Event", "EventSink", "Journal", "LogSink", "digest"]
+
+
+def digest(data: bytes) -> str:
+    """The SHA-256 (hex) by which events name the bytes of a message."""
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,3 +61,38 @@ class LogSink:
         self.log.info(json.dumps(event.to_json(), ensure_ascii=False, sort_keys=True))
         if self.forward is not None:
             self.forward(event)
+
+
+class Journal:
+    """The relay's one interface for recording decisions: every event goes to the log, and to the archive.
+
+    ``journal(event)``: an event that changes no queue state (a refusal, a login), handed to ``archive`` (the
+    background ``ArchiveWriter``: it returns at once). ``journal.within(connection, events)``: events that go with
+    a change of the queue (accepted, delivered, deferred, bounced…), written by ``transactional`` in the queue's
+    own transaction, so the queue and the archive never disagree; the queue calls ``journal.logged(events)`` once
+    that transaction committed.
+    """
+
+    def __init__(
+        self,
+        *,
+        archive: EventSink | None = None,
+        transactional: Callable[[sa.Connection, Sequence[Event]], object] | None = None,
+        log: LogSink | None = None,
+    ) -> None:
+        self.archive = archive
+        self.transactional = transactional
+        self.log = log or LogSink()
+
+    def __call__(self, event: Event) -> None:
+        self.log(event)
+        if self.archive is not None:
+            self.archive(event)
+
+    def within(self, connection: sa.Connection, events: Sequence[Event]) -> None:
+        if events and self.transactional is not None:
+            self.transactional(connection, events)
+
+    def logged(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.log(event)

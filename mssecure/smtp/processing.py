@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import make_msgid
 
@@ -39,6 +39,7 @@ from mssecure.directory.models import Entry
 from mssecure.directory.records import EntryData, Kind
 from mssecure.errors import CertificateError, EntryExists, Refused, SignatureError, TrustError
 from mssecure.smtp import mime, notifications, replies
+from mssecure.smtp.events import Event, digest
 from mssecure.smtp.models import Delegation, Mailbox, Tracking
 from mssecure.smtp.policy import EntryView, check_header_from, check_header_size
 from mssecure.smtp.queue import Claim, Outgoing
@@ -61,6 +62,7 @@ class Envelope:
     recipients: tuple[str, ...]
     data: bytes
     actor: str  # the authenticated address, or the peer operator's domain
+    trail: list[Event] = field(default_factory=list, compare=False)  # what processing did (signed, verified…)
 
 
 class DirectoryView:
@@ -177,6 +179,10 @@ class Processor:
             certificates = CertificateService(session, self.material, clock=self.clock)
             if smime.is_encrypted(data):
                 signed = data  # end-to-end: the client encrypted; nothing to verify here
+                envelope.trail.append(
+                    Event("encrypted", "ok", actor=envelope.actor, message_id=message_id, sender=envelope.sender,
+                          recipients=envelope.recipients, sha256=digest(data), reason="encrypted by the client")
+                )  # fmt: skip
             elif smime.is_signed(data):
                 verification = self._verify(session, data)
                 if not verification.valid:
@@ -187,6 +193,10 @@ class Processor:
                     who = signer.address if signer is not None else "nobody"
                     raise Refused(replies.VERIFICATION_FAILED, f"signed by {who}, not by the sender {envelope.sender}")
                 signed = data
+                envelope.trail.append(
+                    Event("verified", "ok", actor=envelope.actor, message_id=message_id, sender=envelope.sender,
+                          sha256=digest(data), reason=f"signed by the client as {signer.address}; signature valid")
+                )  # fmt: skip
             else:
                 try:
                     record = certificates.current(envelope.sender)
@@ -194,6 +204,11 @@ class Processor:
                     raise Refused(replies.SIGNING_FAILED, str(exc)) from None
                 certificate = x509.load_pem_x509_certificate(record.certificate_pem.encode())
                 signed = smime.sign(data, certificate, certificates.key_of(record), chain=[self._ca])
+                envelope.trail.append(
+                    Event("signed", "ok", actor="relay", message_id=message_id, sender=envelope.sender,
+                          sha256=digest(signed), reason=f"S/MIME signature of {envelope.sender}, certificate "
+                          f"serial {record.serial}")
+                )  # fmt: skip
             outgoing = self._route(session, envelope, signed, certificates, message_id, request)
             if request.disposition_to:
                 self._track(session, message_id, envelope.recipients, envelope.sender, request.final_delivery)
@@ -223,7 +238,7 @@ class Processor:
         if local:
             outgoing.extend(
                 self._for_local(session, signed, tuple(local), origin="submission", sender=envelope.sender,
-                                actor=envelope.actor, peer_domains=None, dkim=None)
+                                actor=envelope.actor, peer_domains=None, dkim=None, trail=envelope.trail)
             )  # fmt: skip
         for domain, recipients in remote.items():
             if smime.is_encrypted(signed):
@@ -235,6 +250,11 @@ class Processor:
                 except (CertificateError, SignatureError) as exc:
                     raise Refused(replies.RECIPIENT_NO_CERTIFICATE, str(exc)) from None
             wire = self._dkim(wire, envelope.sender)
+            envelope.trail.append(
+                Event("encrypted", "ok", actor="relay", message_id=message_id, sender=envelope.sender,
+                      recipients=tuple(recipients), sha256=digest(wire),
+                      reason=f"for {domain}: S/MIME encrypted to each recipient's certificate, DKIM signed")
+            )  # fmt: skip
             outgoing.append(
                 Outgoing(destination=domain, recipients=tuple(recipients), data=wire, origin="submission",
                          kind="message", sender=envelope.sender, actor=envelope.actor, message_id=message_id,
@@ -272,7 +292,8 @@ class Processor:
             space = TrustSpace(session, self.config, actor="relay")
             dkim = dkim_verify(data, keys=space.dkim_keys())
             return self._for_local(session, data, envelope.recipients, origin="inbound", sender=envelope.sender,
-                                   actor=envelope.actor, peer_domains=peer_domains, dkim=dkim)  # fmt: skip
+                                   actor=envelope.actor, peer_domains=peer_domains, dkim=dkim,
+                                   trail=envelope.trail)  # fmt: skip
 
     def _for_local(
         self,
@@ -285,8 +306,10 @@ class Processor:
         actor: str,
         peer_domains: frozenset[str] | None,
         dkim: DkimResult | None,
+        trail: list[Event],
     ) -> list[Outgoing]:
-        """Decrypt (when encrypted) and verify a message for local recipients; the queue items that deliver it."""
+        """Decrypt (when encrypted) and verify a message for local recipients; the queue items that deliver it.
+        What was decided is added to ``trail`` (verified, notices received, MDNs sent)."""
         certificates = CertificateService(session, self.material, clock=self.clock)
         end_to_end = set(
             session.scalars(
@@ -333,6 +356,24 @@ class Processor:
         request = notifications.notification_request(inner)
         notice = notifications.parse_notice(inner)
         normal = tuple(r for r in recipients if r not in end_to_end)
+        decrypted = "decrypted, " if signed is not message else ""
+        dkim_text = ""
+        if dkim is not None:
+            dkim_text = f"; DKIM pass d={dkim.domain}" if dkim.valid else f"; DKIM fail ({dkim.reason or 'invalid'})"
+        trail.append(
+            Event("verified", "ok", actor=signer.address.lower(), message_id=message_id, sender=sender,
+                  recipients=recipients, sha256=digest(message),
+                  reason=f"{decrypted}signature of {signer.address.lower()} valid, active in the directory{dkim_text}")
+        )  # fmt: skip
+        if notice is not None:
+            for part in notice.per_recipient():
+                trail.append(
+                    Event(f"{notice.kind}.received", part.outcome, actor=signer.address.lower(),
+                          message_id=part.original_message_id, sender=sender,
+                          recipients=(part.final_recipient,) if part.final_recipient else (),
+                          reason=f"{notice.kind} {part.outcome}" + (f" {part.status}" if part.status else "")
+                          + (f"; notice {message_id}" if message_id else ""))
+                )  # fmt: skip
         if (
             notice is not None
             and origin == "inbound"
@@ -365,9 +406,13 @@ class Processor:
         if notice is None and request.disposition_to and request.disposition_to == sender.lower() and message_id:
             subject = subjects[0] if subjects else None
             for recipient in recipients:
-                outgoing.extend(
-                    self.mdn(session, recipient, request.disposition_to, message_id, "processed", subject=subject)
-                )
+                notices = self.mdn(session, recipient, request.disposition_to, message_id, "processed", subject=subject)
+                outgoing.extend(notices)
+                if notices:
+                    trail.append(
+                        Event("mdn.sent", "processed", actor=recipient, message_id=message_id, sender=recipient,
+                              recipients=(recipient,), reason=f"processed MDN to {request.disposition_to}")
+                    )  # fmt: skip
         return outgoing
 
     def _decrypt(self, certificates: CertificateService, message: bytes, recipients: Sequence[str]) -> bytes:

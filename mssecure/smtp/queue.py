@@ -10,7 +10,6 @@ several relay processes claim with ``FOR UPDATE SKIP LOCKED``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from mssecure.db import utcnow
 from mssecure.errors import QueueError
+from mssecure.smtp.events import Event, Journal, digest
 from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
 
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
@@ -132,20 +132,35 @@ class Queue:
         retry_schedule: Sequence[int],
         max_lifetime: int,
         clock: Callable[[], datetime] = utcnow,
+        journal: Journal | None = None,
     ) -> None:
         self.sessions = sessions
         self.spool = spool
         self.retry_schedule = tuple(retry_schedule)
         self.max_lifetime = max_lifetime
         self.clock = clock
+        self.journal = journal
 
-    def enqueue(self, items: Sequence[Outgoing]) -> list[str]:
+    def _record(self, session: Session, events: Sequence[Event]) -> None:
+        """Archive ``events`` in the transaction of ``session``: they commit with the queue change they describe."""
+        if events and self.journal is not None:
+            self.journal.within(session.connection(), events)
+
+    def _logged(self, events: Sequence[Event]) -> None:
+        if events and self.journal is not None:
+            self.journal.logged(events)
+
+    def enqueue(
+        self, items: Sequence[Outgoing], events: Callable[[list[str]], Sequence[Event]] | None = None
+    ) -> list[str]:
         """Write every item's file durably, then commit every row in one transaction; return the queue ids.
 
-        All or nothing: when the commit fails, the files are removed and the caller answers 4xx.
+        ``events``, given the new queue ids, returns the events archived in that same transaction (the acceptance
+        of the message). All or nothing: when the commit fails, the files are removed and the caller answers 4xx.
         """
         now = self.clock()
         ids = [new_queue_id() for _ in items]
+        recorded: Sequence[Event] = ()
         self.spool.ensure()
         try:
             for queue_id, item in zip(ids, items, strict=True):
@@ -153,10 +168,15 @@ class Queue:
             with self.sessions.begin() as session:
                 for queue_id, item in zip(ids, items, strict=True):
                     session.add(self._row(queue_id, item, now))
+                if events is not None:
+                    recorded = events(ids)
+                    session.flush()
+                    self._record(session, recorded)
         except BaseException:
             for queue_id in ids:
                 self.spool.remove(queue_id)
             raise
+        self._logged(recorded)
         return ids
 
     def _row(self, queue_id: str, item: Outgoing, now: datetime) -> QueuedMessage:
@@ -168,7 +188,7 @@ class Queue:
             sender=item.sender,
             actor=item.actor,
             message_id=item.message_id,
-            sha256=hashlib.sha256(item.data).hexdigest(),
+            sha256=digest(item.data),
             size=len(item.data),
             disposition_to=item.disposition_to,
             final_delivery=item.final_delivery,
@@ -234,13 +254,13 @@ class Queue:
                 sa.select(sa.func.min(QueuedRecipient.next_attempt_at)).where(QueuedRecipient.state.in_(PENDING_STATES))
             )
 
-    def delivered(self, recipient_ids: Sequence[int]) -> None:
-        self._finish(recipient_ids, "delivered", None)
+    def delivered(self, recipient_ids: Sequence[int], events: Sequence[Event] = ()) -> None:
+        self._finish(recipient_ids, "delivered", None, events)
 
-    def bounced(self, recipient_ids: Sequence[int], error: str) -> None:
-        self._finish(recipient_ids, "bounced", error)
+    def bounced(self, recipient_ids: Sequence[int], error: str, events: Sequence[Event] = ()) -> None:
+        self._finish(recipient_ids, "bounced", error, events)
 
-    def _finish(self, recipient_ids: Sequence[int], state: str, error: str | None) -> None:
+    def _finish(self, recipient_ids: Sequence[int], state: str, error: str | None, events: Sequence[Event]) -> None:
         if not recipient_ids:
             return
         now = self.clock()
@@ -251,18 +271,27 @@ class Queue:
                 .values(state=state, last_error=error, updated_at=now)
             )
             self._drop_finished(session)
+            self._record(session, events)
+        self._logged(events)
 
-    def deferred(self, recipient_ids: Sequence[int], error: str, *, attempts: int) -> datetime:
+    def retry_delay(self, attempts: int) -> int:
+        """Seconds before the next attempt after ``attempts`` failed ones (the schedule's last delay repeats)."""
+        return self.retry_schedule[min(max(attempts, 1), len(self.retry_schedule)) - 1]
+
+    def deferred(
+        self, recipient_ids: Sequence[int], error: str, *, attempts: int, events: Sequence[Event] = ()
+    ) -> datetime:
         """Put the recipients back for a later attempt (the schedule's delay for this attempt)."""
         now = self.clock()
-        delay = self.retry_schedule[min(max(attempts, 1), len(self.retry_schedule)) - 1]
-        when = now + timedelta(seconds=delay)
+        when = now + timedelta(seconds=self.retry_delay(attempts))
         with self.sessions.begin() as session:
             session.execute(
                 sa.update(QueuedRecipient)
                 .where(QueuedRecipient.id.in_(recipient_ids))
                 .values(state="deferred", last_error=error, next_attempt_at=when, updated_at=now)
             )
+            self._record(session, events)
+        self._logged(events)
         return when
 
     def _drop_finished(self, session: Session) -> None:
@@ -317,21 +346,34 @@ class Queue:
             session.expunge_all()
             return message
 
-    def retry(self, queue_id: str | None) -> int:
-        """Make the deferred recipients of one message (or of all, ``None``) due now; the count made due."""
+    def retry(self, queue_id: str | None, events: Callable[[int], Sequence[Event]] | None = None) -> int:
+        """Make the deferred recipients of one message (or of all, ``None``) due now; the count made due.
+        ``events``, given that count, returns the events archived with the change."""
         now = self.clock()
+        recorded: Sequence[Event] = ()
         with self.sessions.begin() as session:
             query = sa.update(QueuedRecipient).where(QueuedRecipient.state.in_(("deferred", "queued")))
             if queue_id is not None:
                 self.get(queue_id)
                 query = query.where(QueuedRecipient.queue_id == queue_id.strip().upper())
             result = session.execute(query.values(next_attempt_at=now, updated_at=now))
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            count = int(result.rowcount)  # type: ignore[attr-defined]
+            if events is not None:
+                recorded = events(count)
+                self._record(session, recorded)
+        self._logged(recorded)
+        return count
 
-    def delete(self, queue_id: str) -> QueuedMessage:
+    def delete(self, queue_id: str, events: Callable[[QueuedMessage], Sequence[Event]] | None = None) -> QueuedMessage:
+        """Remove a message from the queue; ``events``, given it, returns the events archived with the removal."""
         message = self.get(queue_id)
+        recorded: Sequence[Event] = ()
         with self.sessions.begin() as session:
             session.execute(sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id == message.id))
             session.execute(sa.delete(QueuedMessage).where(QueuedMessage.id == message.id))
+            if events is not None:
+                recorded = events(message)
+                self._record(session, recorded)
+        self._logged(recorded)
         self.spool.remove(message.id)
         return message

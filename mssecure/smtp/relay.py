@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,13 +21,15 @@ import sqlalchemy as sa
 from cryptography import x509
 from sqlalchemy.engine import Engine
 
+from mssecure.archive.log import Archive
+from mssecure.archive.writer import ArchiveWriter
 from mssecure.config import Config
 from mssecure.crypto.authority import CertificateService, OperatorMaterial
 from mssecure.crypto.models import TrustedOperator
 from mssecure.db import check_schema, make_engine, make_sessionmaker, utcnow
 from mssecure.smtp.auth import FailureLimiter
 from mssecure.smtp.delivery import DeliveryWorker
-from mssecure.smtp.events import EventSink, LogSink
+from mssecure.smtp.events import Event, Journal
 from mssecure.smtp.maildir import Maildirs
 from mssecure.smtp.processing import Processor
 from mssecure.smtp.queue import Queue, Spool
@@ -46,17 +48,16 @@ class Relay:
         self,
         config: Config,
         *,
-        events: EventSink | None = None,
         clock: Callable[[], datetime] = utcnow,
         poll: float = 1.0,
         trust_refresh: float = 5.0,
     ) -> None:
         self.config = config
-        self.events = events or LogSink()
         self.clock = clock
         self.poll = poll
         self.trust_refresh = trust_refresh
         self.engine: Engine | None = None
+        self.writer: ArchiveWriter | None = None
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,12 +76,22 @@ class Relay:
         check_schema(self.engine)
         sessions = make_sessionmaker(self.engine)
         self.material = OperatorMaterial(config)
+        archive = Archive(self.engine, key=self.material.keystore.load("archive"), origin=config.operator.domain,
+                          clock=self.clock)  # fmt: skip
+        writer = self.writer = ArchiveWriter(archive, checkpoint_interval=config.archive.checkpoint_interval)
+
+        def archive_within(connection: sa.Connection, events: Sequence[Event]) -> None:
+            archive.append_many(events, connection=connection)
+            writer.touched()
+
+        self.events = Journal(archive=writer, transactional=archive_within)
         self.processor = Processor(config, sessions, self.material, clock=self.clock)
         self.sessions = sessions
         spool = Spool(config.data_dir / "spool")
         spool.ensure()
         self.queue = Queue(sessions, spool, retry_schedule=config.delivery.retry_schedule,
-                           max_lifetime=config.delivery.max_lifetime, clock=self.clock)  # fmt: skip
+                           max_lifetime=config.delivery.max_lifetime, clock=self.clock,
+                           journal=self.events)  # fmt: skip
         await asyncio.to_thread(self.processor.ensure_notice_identity)
         orphans = await asyncio.to_thread(self.queue.remove_orphans)
         if orphans:
@@ -117,6 +128,8 @@ class Relay:
             self.ports[name] = server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self.worker.run(self._stop, poll=self.poll)))
         self._tasks.append(asyncio.create_task(self._maintain()))
+        ports = ", ".join(f"{name} {port}" for name, port in self.ports.items())
+        self.events(Event("relay.started", "ok", actor="relay", reason=f"{config.operator.hostname}: {ports}"))
 
     def _current_inbound_context(self) -> ssl.SSLContext:
         if self._inbound_context is None:
@@ -161,6 +174,9 @@ class Relay:
             await server.wait_closed()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.writer is not None:
+            self.events(Event("relay.stopped", "ok", actor="relay", reason=self.config.operator.hostname))
+            await asyncio.to_thread(self.writer.close)  # what is pending, then a last checkpoint
         if self.engine is not None:
             self.engine.dispose()
 

@@ -21,6 +21,7 @@ import ssl
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +34,7 @@ from mssecure.crypto.trust import relay_certificate_problems
 from mssecure.errors import Refused
 from mssecure.smtp import replies
 from mssecure.smtp.auth import FailureLimiter, verify_password
-from mssecure.smtp.events import Event, EventSink
+from mssecure.smtp.events import Event, EventSink, digest
 from mssecure.smtp.policy import (
     EntryView,
     PolicyView,
@@ -257,12 +258,22 @@ class _Handler:
 
         async def step() -> str:
             await self._run(check_bare_line_endings, data)
-            items = await self._run(process, RelayEnvelope(sender, recipients, data, actor))
-            queue_ids = await self._run(self.queue.enqueue, items)
-            self.on_queued()
+            relay_envelope = RelayEnvelope(sender, recipients, data, actor)
+            items = await self._run(process, relay_envelope)
             message_id = next((i.message_id for i in items if i.message_id), None)
-            self.events(Event(f"{self.kind}.accepted", "ok", peer=self._peer(session), queue_id=",".join(queue_ids),
-                              message_id=message_id, **context))  # fmt: skip
+            sha256 = await self._run(digest, data)
+            peer = self._peer(session)
+
+            def accepted(queue_ids: list[str]) -> list[Event]:
+                # What processing did, then the acceptance itself: archived in the queue's transaction, so a
+                # message is queued if and only if the archive says it was accepted.
+                done = [replace(e, queue_id=e.queue_id or ",".join(queue_ids)) for e in relay_envelope.trail]
+                reply = replies.QUEUED.with_text(f"queued as {queue_ids[0] if queue_ids else 'nothing'}")
+                return [*done, Event(f"{self.kind}.accepted", "ok", peer=peer, queue_id=",".join(queue_ids),
+                                     message_id=message_id, sha256=sha256, reply=str(reply), **context)]  # fmt: skip
+
+            queue_ids = await self._run(self.queue.enqueue, items, accepted)
+            self.on_queued()
             return str(replies.QUEUED.with_text(f"queued as {queue_ids[0] if queue_ids else 'nothing'}"))
 
         return await self._guard(session, step, **context)

@@ -376,7 +376,7 @@ def test_the_bare_line_ending_scan_runs_off_the_event_loop(monkeypatch: pytest.M
 
     class NoQueue:
         @staticmethod
-        def enqueue(items: list[Any]) -> list[str]:
+        def enqueue(items: list[Any], events: Any = None) -> list[str]:
             return []
 
     handler = server.SubmissionHandler(None, None, NoQueue(), lambda event: None, limiter=None)  # type: ignore[arg-type]
