@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy.engine import make_url
 
+from mssecure.archive.store import ensure_store_key
 from mssecure.cli._context import CliContext
 from mssecure.config import (
     CONFIG_FILENAME,
@@ -80,7 +81,7 @@ def init(
     ports_base: int | None,
 ) -> None:
     """Create an operator in DIRECTORY: a commented mssecure.toml, an initialised database, and the operator's
-    PKI (CA, TLS certificate, DKIM and archive keys, encrypted under a master secret).
+    PKI (CA, TLS certificate, DKIM, archive and message store keys, encrypted under a master secret).
 
     Refuses to touch an existing configuration or database.
     """
@@ -128,7 +129,9 @@ def init(
             created.append(data_dir)
         elif any(data_dir.iterdir()):
             raise ConfigError(f"{data_dir} is not empty: refusing to mix two operators' keys")
-        dkim_record = OperatorMaterial(cfg).create(now=utcnow(), imported_ca=imported_ca)
+        material = OperatorMaterial(cfg)
+        dkim_record = material.create(now=utcnow(), imported_ca=imported_ca)
+        ensure_store_key(material.keystore)  # the message store's X25519 key, beside the archive key
     except BaseException:
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mssecure.directory.records import EntryData, Kind
@@ -32,6 +32,7 @@ __all__ = [
     "issue_smime",
     "issue_tls",
     "new_archive_key",
+    "new_archive_store_key",
     "new_ca",
     "new_dkim_key",
     "serial_hex",
@@ -85,6 +86,12 @@ def new_dkim_key() -> rsa.RSAPrivateKey:
 
 def new_archive_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
+
+
+def new_archive_store_key() -> x25519.X25519PrivateKey:
+    """The message store's key (X25519, RFC 7748): the archive key signs and cannot encrypt, so the store has its
+    own key pair; writers seal with its public half, only the holder of the master secret can open."""
+    return x25519.X25519PrivateKey.generate()
 
 
 def _name(*attributes: tuple[x509.ObjectIdentifier, str | None]) -> x509.Name:

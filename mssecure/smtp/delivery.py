@@ -128,7 +128,8 @@ class DeliveryWorker:
         for recipient_id, address in claim.recipients:
             path, _ = await asyncio.to_thread(self.maildirs.deliver, address, data, f"{claim.queue_id}.{recipient_id}")
             followers = await asyncio.to_thread(self.processor.dispatched, claim, address, data)
-            delivered = self._event(claim, "delivered", "ok", (address,), sha256=sha256, reason=f"maildir {path.name}")
+            delivered = self._event(claim, "delivered", "ok", (address,), sha256=sha256, reason=f"maildir {path.name}",
+                                    body=data, copy="delivered")  # fmt: skip
             await asyncio.to_thread(self._finish_local, claim, recipient_id, address, followers, delivered)
         self.wake.set()
 
@@ -173,7 +174,8 @@ class DeliveryWorker:
         if accepted:
             sha256 = await asyncio.to_thread(digest, data)
             relayed = self._event(claim, "relayed", "ok", accepted, sha256=sha256, peer=f"{peer.host}:{peer.port}",
-                                  reason=f"to {peer.hostname} over mutual TLS", reply=reply[:200])  # fmt: skip
+                                  reason=f"to {peer.hostname} over mutual TLS", reply=reply[:200], body=data,
+                                  copy="delivered")  # fmt: skip
             await asyncio.to_thread(self.queue.delivered, [ids[a] for a in accepted], [relayed])
         for address, (code, message) in refused.items():
             await self._failed(claim, [address], code, f"{code} {message}", peer)

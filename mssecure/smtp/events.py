@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -39,12 +39,19 @@ class Event:
     reason: str | None = None
     reply: str | None = None
     time: datetime = field(default_factory=utcnow)
+    # The bytes the event is about, to keep in the archive's encrypted message store as a copy of this kind
+    # ("received", "delivered"). Never part of the event itself: not logged, not hashed, not shown.
+    body: bytes | None = field(default=None, repr=False, compare=False)
+    copy: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
-        data = {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_IN_EVENT}
         data["time"] = self.time.isoformat()
         data["recipients"] = list(self.recipients) if self.recipients else None
-        return {k: v for k, v in data.items() if v is not None}
+        return {k: v for k, v in data.items() if v not in (None, ())}
+
+
+_NOT_IN_EVENT = frozenset({"body", "copy"})
 
 
 EventSink = Callable[[Event], None]
@@ -78,10 +85,12 @@ class Journal:
         *,
         archive: EventSink | None = None,
         transactional: Callable[[sa.Connection, Sequence[Event]], object] | None = None,
+        keep: Callable[[sa.Connection, Event], object] | None = None,
         log: LogSink | None = None,
     ) -> None:
         self.archive = archive
         self.transactional = transactional
+        self.keep = keep  # stores an event's body in the message store, in the same transaction
         self.log = log or LogSink()
 
     def __call__(self, event: Event) -> None:
@@ -92,6 +101,10 @@ class Journal:
     def within(self, connection: sa.Connection, events: Sequence[Event]) -> None:
         if events and self.transactional is not None:
             self.transactional(connection, events)
+        if self.keep is not None:
+            for event in events:
+                if event.body is not None and event.copy is not None:
+                    self.keep(connection, event)
 
     def logged(self, events: Sequence[Event]) -> None:
         for event in events:

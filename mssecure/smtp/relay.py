@@ -22,6 +22,7 @@ from cryptography import x509
 from sqlalchemy.engine import Engine
 
 from mssecure.archive.log import Archive
+from mssecure.archive.store import MessageStore, ensure_store_key
 from mssecure.archive.writer import ArchiveWriter
 from mssecure.config import Config
 from mssecure.crypto.authority import CertificateService, OperatorMaterial
@@ -84,7 +85,19 @@ class Relay:
             archive.append_many(events, connection=connection)
             writer.touched()
 
-        self.events = Journal(archive=writer, transactional=archive_within)
+        keep = None
+        if config.archive.store_messages:
+            store = MessageStore(self.engine, public_key=ensure_store_key(self.material.keystore).public_key(),
+                                 clock=self.clock)  # fmt: skip
+
+            def keep(connection: sa.Connection, event: Event) -> None:
+                assert event.body is not None
+                store.put(event.body, kind="delivered" if event.copy == "delivered" else "received",
+                          queue_id=event.queue_id or "", message_id=event.message_id,
+                          recipient=event.recipients[0] if len(event.recipients) == 1 else None,
+                          connection=connection)  # fmt: skip
+
+        self.events = Journal(archive=writer, transactional=archive_within, keep=keep)
         self.processor = Processor(config, sessions, self.material, clock=self.clock)
         self.sessions = sessions
         spool = Spool(config.data_dir / "spool")

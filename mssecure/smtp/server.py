@@ -270,7 +270,8 @@ class _Handler:
                 done = [replace(e, queue_id=e.queue_id or ",".join(queue_ids)) for e in relay_envelope.trail]
                 reply = replies.QUEUED.with_text(f"queued as {queue_ids[0] if queue_ids else 'nothing'}")
                 return [*done, Event(f"{self.kind}.accepted", "ok", peer=peer, queue_id=",".join(queue_ids),
-                                     message_id=message_id, sha256=sha256, reply=str(reply), **context)]  # fmt: skip
+                                     message_id=message_id, sha256=sha256, reply=str(reply), body=data,
+                                     copy="received", **context)]  # fmt: skip
 
             queue_ids = await self._run(self.queue.enqueue, items, accepted)
             self.on_queued()

@@ -97,6 +97,33 @@ def test_a_delivered_prescription_leaves_its_whole_trail_on_both_sides(pair: Pai
     assert {e["sequence"] for e in sent} <= {e["sequence"] for e in shown}
 
 
+def test_the_message_store_keeps_the_copies_as_received_and_as_delivered(pair: Pair, tmp_path: Path) -> None:
+    message_id = "<trail-stored@chu-nord.mssante.test>"
+    data = with_message_id(prescription(pair.doctor, pair.pharmacy, mdn=False), message_id)
+    assert submit(pair.a, pair.doctor, pair.doctor, [pair.pharmacy], data) == {}
+    wait_for_event(pair.b, "delivered", "--message-id", message_id)
+    out = tmp_path / "copies"
+    out.mkdir()
+    pair.b.ok("--actor", "auditor", "archive", "show", message_id, "--body", "--out", str(out))
+    copies = {path.name.split("-")[0]: path.read_bytes() for path in out.iterdir()}
+    assert set(copies) == {"received", "delivered"}
+    assert b"application/pkcs7-mime" in copies["received"]  # as it came from A: encrypted
+    assert b"Amoxicilline" not in copies["received"]
+    assert b"Amoxicilline 1 g" in copies["delivered"]  # as it went into the mailbox: decrypted, still signed
+    assert copies["delivered"] in pair.b.messages(pair.pharmacy)
+    reads = events(pair.b, "--type", "archive.body_read", "--message-id", message_id)
+    assert len(reads) == 2  # one per copy read
+    assert {r["actor"] for r in reads} == {"auditor"}
+    # A keeps what the doctor's client sent, and what left for B.
+    out_a = tmp_path / "copies-a"
+    out_a.mkdir()
+    pair.a.ok("archive", "show", message_id, "--body", "--out", str(out_a))
+    kinds = sorted(path.name.split("-")[0] for path in out_a.iterdir())
+    assert kinds == ["delivered", "received"]
+    (received,) = [p.read_bytes() for p in out_a.iterdir() if p.name.startswith("received")]
+    assert received == data
+
+
 def test_a_refused_submission_is_archived_with_the_reply_sent(pair: Pair) -> None:
     stranger = "nobody@chu-nord.mssante.test"
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
