@@ -98,9 +98,11 @@ def _register() -> None:
         dovecot,
         mailbox,
         queue,
+        send,
         serve,
         smime,
         trust,
+        verify,
     )
 
     main.add_command(admin.init)
@@ -118,7 +120,7 @@ def _register() -> None:
     main.add_command(archive.archive)
     for command in archive_proofs.COMMANDS:  # export, verify-export, evidence, verify-evidence
         archive.archive.add_command(command)
-    for command in (*dovecot.COMMANDS, *client.COMMANDS):  # dovecot config; client-config, send, verify
+    for command in (*dovecot.COMMANDS, *client.COMMANDS, *send.COMMANDS, *verify.COMMANDS):
         main.add_command(command)
 
 
