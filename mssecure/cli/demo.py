@@ -33,7 +33,9 @@ PHARMACY = f"pharmacie.du-marche@{PEER}"
 DOCTOR_RPPS = "1010001000" + luhn_check_digit("1010001000")
 PHARMACY_FINESS = "59000001" + luhn_check_digit("59000001")
 DEMO_PASSWORD = "demo password, not for production"  # noqa: S105 - the demo's invented doctor
+PRESCRIPTION_ID = f"<ordonnance-{secrets.token_hex(8)}@{DOMAIN}>"
 PRESCRIPTION = (
+    f"Message-ID: {PRESCRIPTION_ID}\r\n"
     f"From: Dr Camille LEFEVRE <{DOCTOR}>\r\n"
     f"To: Pharmacie du Marche <{PHARMACY}>\r\n"
     "Subject: Ordonnance DUPONT Jean 01/02/1950\r\n"
@@ -216,6 +218,19 @@ def demo(workdir: Path | None, lines: int) -> None:
             relay.send_signal(signal.SIGTERM)
         for relay in relays:
             relay.wait(timeout=30)
+
+    _title("11. The archives prove it: every decision hash-chained, checkpoints signed when the relays stopped")
+    _run(["archive", "show", PRESCRIPTION_ID], env)
+    _run(["archive", "verify"], env)
+    sent = workdir / "evidence-sent.json"
+    _run(["archive", "evidence", PRESCRIPTION_ID, "--out", str(sent)], env)
+    click.echo("  An auditor checks it with nothing but the file and chu-nord's archive public key:")
+    _run(["archive", "verify-evidence", str(sent), "--operator-key", str(operator / "data" / "archive.pub")], env)
+    received = workdir / "evidence-received.json"
+    _run(["archive", "evidence", PRESCRIPTION_ID, "--out", str(received)], peer_env)
+    click.echo("  And the pharmacy's operator proves the receipt with its own key:")
+    _run(["archive", "verify-evidence", str(received), "--operator-key", str(peer / "data" / "archive.pub")],
+         peer_env)  # fmt: skip
 
     click.echo()
     click.secho("Demo complete.", bold=True)
