@@ -304,6 +304,14 @@ class DeliveryConfig:
     connect_timeout: int = _setting(
         "Seconds to wait for a peer relay to connect and answer.", example=30, check=_check_positive, default=30
     )
+    duplicate_prescription: str = _setting(
+        "What to do when a prescription identifier (XDM metadata or X-MSS-Prescription-Id) is delivered to another "
+        'local mailbox than the first one: "flag" delivers it with an X-MSSecure-Prescription-Duplicate header and '
+        'archives it, "refuse" refuses the message (the sender gets a DSN).',
+        example="flag",
+        check=lambda v: v if v in ("flag", "refuse") else _raise('must be "flag" or "refuse"'),
+        default="flag",
+    )
     require_encrypted_inbound: bool = _setting(
         "Refuse mail from peers that is not S/MIME encrypted (switch off only for a transition period).",
         example=True,

@@ -3,6 +3,7 @@ purge the encrypted message store."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -150,14 +151,25 @@ def checkpoint(cli: CliContext, as_json: bool) -> None:
 @click.option("--type", "type_", help="Event type, or a prefix ending in '.' (submission.).")
 @click.option("--since", type=click.DateTime(), help="From this time (UTC unless a zone is given), inclusive.")
 @click.option("--until", type=click.DateTime(), help="Before this time (UTC unless a zone is given).")
+@click.option("--prescription", help="A prescription identifier: its deliveries (prescription.received, .duplicate).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many events.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_cli
 def search(cli: CliContext, address: str | None, message_id: str | None, type_: str | None,
-           since: datetime | None, until: datetime | None, limit: int | None, as_json: bool) -> None:  # fmt: skip
+           since: datetime | None, until: datetime | None, prescription: str | None, limit: int | None,
+           as_json: bool) -> None:  # fmt: skip
     """Events matching every criterion given, in sequence order."""
-    events = _archive(cli).search(address=address, message_id=message_id, type=type_, since=_when(since),
-                                  until=_when(until), limit=limit)  # fmt: skip
+    if prescription is not None:
+        if type_ is not None and not type_.startswith("prescription."):
+            raise click.UsageError("--prescription finds prescription.* events only")
+        wanted = f"prescription {prescription.strip()}"
+        found = _archive(cli).search(address=address, message_id=message_id, type=type_ or "prescription.",
+                                     since=_when(since), until=_when(until))  # fmt: skip
+        matching = (e for e in found if e.reason == wanted or (e.reason or "").startswith(wanted + ";"))
+        events: Iterator[ArchivedEvent] = itertools.islice(matching, limit)
+    else:
+        events = _archive(cli).search(address=address, message_id=message_id, type=type_, since=_when(since),
+                                      until=_when(until), limit=limit)  # fmt: skip
     if as_json:
         echo_json_lines(e.to_json() for e in events)
         return

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mssecure.db import Base, UTCDateTime
 
-__all__ = ["Delegation", "Mailbox", "QueuedMessage", "QueuedRecipient", "Tracking"]
+__all__ = ["Delegation", "Mailbox", "PrescriptionDelivery", "QueuedMessage", "QueuedRecipient", "Tracking"]
 
 
 class Mailbox(Base):
@@ -38,6 +38,21 @@ class Delegation(Base):
     delegate: Mapped[str] = mapped_column(sa.String(254), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(sa.String(254))
+
+
+class PrescriptionDelivery(Base):
+    """A prescription identifier delivered to a local mailbox: the index that flags (or refuses) a prescription
+    delivered a second time to another mailbox. One row per (prescription, recipient), the first time."""
+
+    __tablename__ = "prescription_deliveries"
+    __table_args__ = (sa.UniqueConstraint("prescription_id", "recipient"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prescription_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    recipient: Mapped[str] = mapped_column(sa.String(254))
+    sender: Mapped[str] = mapped_column(sa.String(254))
+    message_id: Mapped[str | None] = mapped_column(sa.Text)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 QUEUE_STATES = ("queued", "delivering", "deferred", "delivered", "bounced")

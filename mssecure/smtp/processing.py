@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,16 +41,45 @@ from mssecure.directory.records import EntryData, Kind
 from mssecure.errors import CertificateError, EntryExists, Refused, SignatureError, TrustError
 from mssecure.smtp import mime, notifications, replies
 from mssecure.smtp.events import Event, digest
-from mssecure.smtp.models import Delegation, Mailbox, Tracking
+from mssecure.smtp.models import Delegation, Mailbox, PrescriptionDelivery, Tracking
 from mssecure.smtp.policy import EntryView, check_header_from, check_header_size
 from mssecure.smtp.queue import Claim, Outgoing
+from mssecure.xdm import PRESCRIPTION_ID_HEADER, XdmError, XdmPackage, find_xdm_parts, validate_package
 
 __all__ = ["Envelope", "Processor", "notice_sender"]
 
 log = logging.getLogger("mssecure.relay")
 
 MAILER_DAEMON = "mailer-daemon"
-_REPLACED_FIELDS = {"authentication-results", "return-path", "dkim-signature"}
+DUPLICATE_HEADER = "X-MSSecure-Prescription-Duplicate"
+_REPLACED_FIELDS = {"authentication-results", "return-path", "dkim-signature", DUPLICATE_HEADER.lower()}
+_MAY_CARRY_XDM = re.compile(rb"UEsDB|(?i:ihe_xdm)")  # base64 of a zip's first bytes, or the package's name
+
+
+def xdm_packages(message: bytes) -> list[XdmPackage]:
+    """The valid XDM packages a message carries; ``Refused`` (with the reason) when one is not valid. Messages that
+    cannot carry one (no zip, no IHE_XDM name anywhere) are not parsed."""
+    if not _MAY_CARRY_XDM.search(message):
+        return []
+    packages = []
+    for part in find_xdm_parts(message):
+        try:
+            packages.append(validate_package(part.data))
+        except XdmError as error:
+            reason = error.reason.encode("ascii", "replace").decode()[:200]
+            raise Refused(replies.XDM_INVALID.with_text(f"invalid XDM package: {reason}"),
+                          f"invalid XDM package ({part.found_by}): {error.reason}") from None  # fmt: skip
+    return packages
+
+
+def prescription_id(message: bytes, packages: Sequence[XdmPackage]) -> str | None:
+    """The one prescription identifier of a message (its XDM packages and its X-MSS-Prescription-Id header), or
+    None; ``Refused`` when they name different ones (a pharmacy could not tell which one it holds)."""
+    found = {p.prescription_id for p in packages if p.prescription_id}
+    found.update(v.strip() for v in mime.header_value(message, PRESCRIPTION_ID_HEADER) if v.strip())
+    if len(found) > 1:
+        raise Refused(replies.PRESCRIPTION_CONFLICT, f"prescription identifiers {sorted(found)}")
+    return found.pop() if found else None
 
 
 def notice_sender(domain: str) -> str:
@@ -175,6 +205,9 @@ class Processor:
             data = mime.prepend(data, f"Date: {format_datetime(self.clock())}")
         message_id = mime.header_value(data, "message-id")[0]
         request = notifications.notification_request(data)
+        if not smime.is_encrypted(data):
+            # Refused at once, so the professional's client says why (rather than a DSN from the pharmacy's side).
+            prescription_id(data, xdm_packages(data))
         with self.sessions.begin() as session:
             certificates = CertificateService(session, self.material, clock=self.clock)
             if smime.is_encrypted(data):
@@ -356,6 +389,14 @@ class Processor:
         request = notifications.notification_request(inner)
         notice = notifications.parse_notice(inner)
         normal = tuple(r for r in recipients if r not in end_to_end)
+        packages = xdm_packages(inner)
+        prescription = prescription_id(inner, packages)
+        flag: tuple[str, ...] = ()
+        if prescription is not None:
+            duplicate = self._prescription_delivered(session, prescription, recipients, sender, message_id, trail)
+            if duplicate is not None:
+                flag = (f"{DUPLICATE_HEADER}: {duplicate}",)
+                delivered = mime.prepend(delivered, *flag)
         decrypted = "decrypted, " if signed is not message else ""
         dkim_text = ""
         if dkim is not None:
@@ -392,9 +433,10 @@ class Processor:
             )  # fmt: skip
         if end_to_end:
             encrypted = mime.prepend(
-                mime.without_fields(message, {"authentication-results", "return-path"}),
+                mime.without_fields(message, {"authentication-results", "return-path", DUPLICATE_HEADER.lower()}),
                 f"Return-Path: <{sender}>",
                 header,
+                *flag,
             )
             outgoing.append(
                 Outgoing(destination="local", recipients=tuple(sorted(end_to_end)), data=encrypted, origin=origin,
@@ -439,6 +481,45 @@ class Processor:
             )
         except SignatureError as exc:
             raise Refused(replies.VERIFICATION_FAILED, str(exc)) from None
+
+    def _prescription_delivered(
+        self,
+        session: Session,
+        prescription: str,
+        recipients: Sequence[str],
+        sender: str,
+        message_id: str | None,
+        trail: list[Event],
+    ) -> str | None:
+        """Index the prescription's delivery to ``recipients``; when it already went to another mailbox, refuse it
+        (``delivery.duplicate_prescription = "refuse"``) or return the value of the flag header."""
+        now = self.clock()
+        earlier = list(
+            session.scalars(
+                sa.select(PrescriptionDelivery)
+                .where(PrescriptionDelivery.prescription_id == prescription)
+                .order_by(PrescriptionDelivery.first_seen_at, PrescriptionDelivery.id)
+            )
+        )
+        known = {row.recipient for row in earlier}
+        new = [r for r in recipients if r not in known]
+        first = earlier[0] if earlier else None
+        others = [r for r in recipients if first is None or r != first.recipient]
+        duplicate = bool(others) and (first is not None or len(recipients) > 1)
+        refuse = duplicate and self.config.delivery.duplicate_prescription == "refuse"
+        where = f"first delivered {first.first_seen_at:%Y-%m-%d %H:%M} UTC" if first else "sent to several mailboxes"
+        trail.append(
+            Event("prescription.duplicate" if duplicate else "prescription.received",
+                  "refused" if refuse else ("flagged" if duplicate else "ok"), actor=sender, message_id=message_id,
+                  sender=sender, recipients=tuple(recipients),
+                  reason=f"prescription {prescription}" + (f"; {where}" if duplicate else ""))
+        )  # fmt: skip
+        if refuse:
+            raise Refused(replies.PRESCRIPTION_DUPLICATE, f"prescription {prescription} already delivered ({where})")
+        for recipient in new:
+            session.add(PrescriptionDelivery(prescription_id=prescription, recipient=recipient, sender=sender,
+                                             message_id=message_id, first_seen_at=now))  # fmt: skip
+        return f"{prescription}; {where}" if duplicate else None
 
     def _authentication_results(
         self, address: str, entry: Entry, certificate: x509.Certificate | None, dkim: DkimResult | None

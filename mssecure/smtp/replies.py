@@ -74,3 +74,6 @@ NOT_ENCRYPTED = Reply(550, "5.7.1", "message is not S/MIME encrypted")
 VERIFICATION_FAILED = Reply(550, "5.7.1", "verification failed")  # one generic reply: the detail goes to the log
 DECRYPTION_FAILED = Reply(550, "5.7.5", "cannot decrypt the message for this recipient")
 SIGNING_FAILED = Reply(554, "5.7.1", "sender has no valid signing certificate")
+XDM_INVALID = Reply(550, "5.6.0", "invalid XDM package")  # the text gets ": <reason>" (no patient data in it)
+PRESCRIPTION_CONFLICT = Reply(550, "5.6.0", "the message names more than one prescription identifier")
+PRESCRIPTION_DUPLICATE = Reply(550, "5.7.1", "this prescription was already delivered to another mailbox")
