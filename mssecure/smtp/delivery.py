@@ -31,7 +31,7 @@ from mssecure.smtp.events import Event, EventSink, digest
 from mssecure.smtp.maildir import Maildirs
 from mssecure.smtp.notifications import FailedRecipient
 from mssecure.smtp.processing import Processor
-from mssecure.smtp.queue import Claim, Outgoing, Queue
+from mssecure.smtp.queue import LEASE, Claim, Outgoing, Queue
 from mssecure.smtp.tls import client_context
 
 __all__ = ["DeliveryWorker"]
@@ -74,8 +74,28 @@ class DeliveryWorker:
         self.wake = asyncio.Event()
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, tuple[int, ...]] = {}  # queue id → recipient ids claimed, whose lease is renewed
 
     async def run(self, stop: asyncio.Event, *, poll: float = 1.0) -> None:
+        renewing = asyncio.create_task(self._renew_leases(stop))
+        try:
+            await self._claim_and_deliver(stop, poll)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_leases(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=LEASE / 3)
+            ids = [rid for rids in self._in_flight.values() for rid in rids]
+            try:
+                await asyncio.to_thread(self.queue.renew, ids)
+            except Exception:
+                log.exception("cannot renew the delivery leases")
+
+    async def _claim_and_deliver(self, stop: asyncio.Event, poll: float) -> None:
         while not stop.is_set():
             try:
                 claims = await asyncio.to_thread(self.queue.claim)
@@ -95,6 +115,13 @@ class DeliveryWorker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _guarded(self, claim: Claim) -> None:
+        self._in_flight[claim.queue_id] = tuple(rid for rid, _ in claim.recipients)
+        try:
+            await self._deliver(claim)
+        finally:
+            self._in_flight.pop(claim.queue_id, None)
+
+    async def _deliver(self, claim: Claim) -> None:
         limit = self._limits.setdefault(claim.destination, asyncio.Semaphore(self.connections_per_destination))
         async with limit:
             try:

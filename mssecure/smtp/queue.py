@@ -28,6 +28,9 @@ from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
 
 
+LEASE = 60  # seconds a claim is held without renewal (the worker renews it every LEASE / 3 while delivering)
+
+
 def new_queue_id() -> str:
     return secrets.token_hex(10).upper()
 
@@ -200,8 +203,9 @@ class Queue:
             ],
         )
 
-    def claim(self, *, limit: int = 50, lease: int = 300, destinations: set[str] | None = None) -> list[Claim]:
-        """Claim the recipients due now (at most ``limit`` messages), leasing them for ``lease`` seconds."""
+    def claim(self, *, limit: int = 50, lease: int = LEASE, destinations: set[str] | None = None) -> list[Claim]:
+        """Claim the recipients due now (at most ``limit`` messages), leasing them for ``lease`` seconds (the worker
+        renews the lease while it delivers: see ``renew``)."""
         now = self.clock()
         with self.sessions.begin() as session:
             query = (
@@ -247,6 +251,19 @@ class Queue:
                     )
                 )
         return claims
+
+    def renew(self, recipient_ids: Sequence[int], lease: int = LEASE) -> None:
+        """Extend the lease of recipients still being delivered: a short lease, renewed while the work goes on, lets
+        another worker (or this one restarted) take over soon after a crash, however long a delivery may take."""
+        if not recipient_ids:
+            return
+        now = self.clock()
+        with self.sessions.begin() as session:
+            session.execute(
+                sa.update(QueuedRecipient)
+                .where(QueuedRecipient.id.in_(recipient_ids), QueuedRecipient.state == "delivering")
+                .values(next_attempt_at=now + timedelta(seconds=lease))
+            )
 
     def next_due(self) -> datetime | None:
         with self.sessions() as session:

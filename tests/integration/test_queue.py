@@ -83,6 +83,22 @@ def test_a_dead_worker_lease_expires(queue: Queue, clock: Clock) -> None:
     assert len(queue.claim()) == 1
 
 
+def test_a_renewed_lease_holds_and_a_finished_recipient_is_not_renewed(queue: Queue, clock: Clock) -> None:
+    queue.enqueue([item()])
+    (claim,) = queue.claim(lease=60)
+    ids = [rid for rid, _ in claim.recipients]
+    clock.now += timedelta(seconds=50)
+    queue.renew(ids, lease=60)
+    clock.now += timedelta(seconds=50)  # 100 s after the claim: still held, thanks to the renewal
+    assert queue.claim() == []
+    clock.now += timedelta(seconds=11)
+    (again,) = queue.claim()  # not renewed any more: another worker takes it
+    queue.delivered([rid for rid, _ in again.recipients])
+    queue.renew(ids, lease=60)  # a late renewal does not resurrect a finished recipient
+    clock.now += timedelta(seconds=3600)
+    assert queue.claim() == []
+
+
 def test_retry_delete_and_unknown_ids(queue: Queue, clock: Clock) -> None:
     (queue_id,) = queue.enqueue([item()])
     (claim,) = queue.claim()

@@ -373,7 +373,9 @@ def test_kill_after_250_then_restart_delivers_exactly_once(tmp_path: Path) -> No
         assert operators.pharmacy in listing
         operators.b.start()
         operators.a.start()
-        delivered = operators.b.wait_for(operators.pharmacy, 1)
+        # Killed between its claim and its deferral, A's claim holds for its lease (a minute) before the restarted
+        # relay takes the message again: wait longer than that.
+        delivered = operators.b.wait_for(operators.pharmacy, 1, timeout=90)
         operators.a.ok("queue", "retry", "--all")
         import time
 
