@@ -6,8 +6,10 @@ commands. Everything lives in a fresh directory that is kept afterwards for expl
 
 from __future__ import annotations
 
+import imaplib
 import os
 import secrets
+import shutil
 import signal
 import smtplib
 import socket
@@ -114,6 +116,68 @@ def _wait_for(maildir: Path, count: int, timeout: float = 60) -> list[Path]:
     raise MssecureError(f"nothing arrived in {maildir} within {timeout:.0f} s")
 
 
+def _dovecot() -> str | None:
+    found = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+    return found if found and (shutil.which("doveconf") or shutil.which("doveconf", path="/usr/sbin")) else None
+
+
+def _read_over_imap(workdir: Path, peer: Path, env: dict[str, str], address: str, password: str) -> bytes | None:
+    """Serve pharma-sud's mailboxes with a real Dovecot (when installed) and read ``address``'s newest message over
+    IMAPS as its mail client would; None when Dovecot is not installed."""
+    binary = _dovecot()
+    if binary is None:
+        click.echo("  (Dovecot is not installed, so no IMAP here: apt-get install dovecot-imapd dovecot-sqlite; the")
+        click.echo("  message is read from its Maildir file instead.)")
+        return None
+    imaps = _free_bases(1)[0] + 993
+    args = ["dovecot", "config", "--out", str(peer / "dovecot"), "--unprivileged", "--imap-port", str(imaps - 850),
+            "--imaps-port", str(imaps)]  # fmt: skip
+    if os.geteuid() == 0:
+        # Dovecot never opens mail as root. A production relay runs as the mail account and writes the Maildirs as
+        # it; here (root) the demo hands them to "nobody" and lets it traverse the demo's directories.
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        for directory in (workdir, peer, peer / "data", peer / "data" / "mail"):
+            directory.chmod(directory.stat().st_mode | 0o011)
+        for top, subdirs, files in os.walk(peer / "data" / "mail"):
+            for name in (top, *(os.path.join(top, n) for n in (*subdirs, *files))):
+                os.lchown(name, nobody.pw_uid, nobody.pw_gid)
+        args += ["--mail-user", "nobody"]
+    _run(args, env)
+    click.secho(f"$ dovecot -c {peer / 'dovecot' / 'dovecot.conf'} -F", fg="cyan")
+    log = peer / "dovecot" / "console.log"
+    with log.open("ab") as stream:
+        process = subprocess.Popen([binary, "-c", str(peer / "dovecot" / "dovecot.conf"), "-F"], stdout=stream,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        context = ssl.create_default_context(cafile=peer / "data" / "pki" / "ca.crt")
+        context.check_hostname = False  # the demo connects to 127.0.0.1; the certificate names mail.<domain>
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=context, timeout=30)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise MssecureError(f"Dovecot did not start; see {log}") from None
+                time.sleep(0.2)
+        click.secho(f"$ (mail client) IMAPS to 127.0.0.1:{imaps} as {address}", fg="cyan")
+        with client:
+            client.login(address, password)
+            client.select("INBOX", readonly=True)
+            _, found = client.search(None, "ALL")
+            newest = found[0].split()[-1]
+            _, fetched = client.fetch(newest, "(RFC822)")
+            client.logout()
+        item = fetched[0]
+        assert isinstance(item, tuple)
+        return bytes(item[1])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def _quote(arg: str) -> str:
     return f"'{arg}'" if not arg or any(c in arg for c in " '\"$&|;<>()") else arg
 
@@ -201,9 +265,13 @@ def demo(workdir: Path | None, lines: int) -> None:
         click.echo("  250: the relay signed it with the doctor's key, encrypted it to the pharmacy, DKIM-signed it,")
         click.echo("  stored it durably, and is relaying it to pharma-sud over mutual TLS.")
 
-        _title("9. In the pharmacy's mailbox: decrypted, still signed, with the verified prescriber")
+        _title("9. The pharmacy reads it over IMAP: decrypted, still signed, with the verified prescriber")
         delivered = _wait_for(peer / "data" / "mail" / PEER / "pharmacie.du-marche", 1)[0]
-        for line in delivered.read_text(encoding="utf-8").splitlines()[:8]:
+        pharmacy_password = peer / "pharmacy.password"
+        pharmacy_password.write_text(DEMO_PASSWORD + "\n", encoding="utf-8")
+        _run(["directory", "set-password", PHARMACY, "--password-file", str(pharmacy_password)], peer_env)
+        read = _read_over_imap(workdir, peer, peer_env, PHARMACY, DEMO_PASSWORD) or delivered.read_bytes()
+        for line in read.decode("utf-8", "replace").splitlines()[:8]:
             click.echo(f"    {line}")
         _run(["smime", "verify", str(delivered)], peer_env)
 
