@@ -137,6 +137,11 @@ def _read_over_imap(workdir: Path, peer: Path, env: dict[str, str], address: str
         # it; here (root) the demo hands them to "nobody" and lets it traverse the demo's directories.
         import pwd
 
+        closed = [p for p in workdir.resolve().parents if not p.stat().st_mode & 0o001]
+        if closed:
+            click.echo(f"  (Run as root, Dovecot opens mail as nobody, who cannot enter {closed[0]}: no IMAP here;")
+            click.echo("  run the demo as a normal user, or with --dir under /tmp. The Maildir file is read instead.)")
+            return None
         nobody = pwd.getpwnam("nobody")
         for directory in (workdir, peer, peer / "data", peer / "data" / "mail"):
             directory.chmod(directory.stat().st_mode | 0o011)
