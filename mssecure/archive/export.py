@@ -8,6 +8,8 @@ The bundle is a directory::
     checkpoints.json   the signed checkpoints the proof refers to (the anchor) and those that fall inside the range
     proof.json         an RFC 9162 inclusion proof of the last line's event in the anchor checkpoint's tree
     archive.pub        the operator's archive public key (PEM)
+    bodies/            with ``--bodies`` only: ``<sha256>.eml``, each message body an event of the range names by its
+                       SHA-256 and the message store still holds, decrypted (0700 directory, 0600 files)
 
 Why that suffices: each event's hash covers the previous event's hash (``prev``), so once the **last** line is proven
 to be in a tree the operator signed, every line before it is authenticated by the chain, down to the first. The
@@ -16,6 +18,13 @@ checkpoint already covered it): the verifier sees that the event before is older
 not older than ``until``, so the range is complete at both ends; at the start of the log, the first event's ``prev``
 is the genesis hash; with no event after, the anchor checkpoint ends at the last line, so nothing was left out there
 either. ``manifest.json`` itself is not signed: everything it says is checked against what is.
+
+Bodies need no signature of their own: a body file is authentic when its bytes hash to the SHA-256 an authenticated
+event names, which is also its file name. The manifest lists each body file (its hash and size) and each body named
+by the events that is absent, with why (purged on a date, never stored, unreadable): a body missing without a word,
+added, or changed is a finding. Writing bodies decrypts health data out of the store, so the export first records an
+``archive.exported`` event (who, which range, how many bodies, how many bytes); the events of the bundle are fixed
+before it, so it falls after the range and no proof depends on it.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Generator, Iterator
 from contextlib import closing
@@ -55,14 +66,30 @@ from mssecure.archive.records import (
     event_hash,
     format_time,
 )
+from mssecure.archive.store import MessageStore
+from mssecure.crypto.keys import create_private_file
+from mssecure.smtp.events import Event
 
-__all__ = ["EXPORT_TYPE", "ExportFinding", "ExportReport", "ExportSummary", "export_range", "verify_export"]
+__all__ = [
+    "EXPORTED_EVENT",
+    "EXPORT_TYPE",
+    "AbsentBody",
+    "ExportFinding",
+    "ExportReport",
+    "ExportSummary",
+    "export_range",
+    "verify_export",
+]
 
 EXPORT_TYPE = "mssecure.archive.export"
 EVENTS, CHECKPOINTS, PROOF, PUBLIC_KEY, MANIFEST = (
     "events.jsonl", "checkpoints.json", "proof.json", "archive.pub", "manifest.json"
 )  # fmt: skip
 _FILES = (EVENTS, CHECKPOINTS, PROOF, PUBLIC_KEY)
+BODIES = "bodies"  # the directory of the decrypted message bodies, with --bodies
+EXPORTED_EVENT = "archive.exported"
+ABSENT_REASONS = ("purged", "not stored", "unreadable")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MAX_LINE = 4 * 1024 * 1024  # an event is a few kilobytes; a longer line is not one
 _MAX_JSON_FILE = 64 * 1024 * 1024
 _BATCH = 5_000
@@ -71,15 +98,41 @@ _events = cast(sa.Table, ArchiveEventRecord.__table__)
 _checkpoints = cast(sa.Table, ArchiveCheckpointRecord.__table__)
 
 
+def _body_name(sha256: str) -> str:
+    return f"{BODIES}/{sha256}.eml"
+
+
+@dataclass(frozen=True)
+class AbsentBody:
+    """A body an event of the range names that is not in the bundle, and why: ``purged`` (on ``purged``), ``not
+    stored`` (the store never had it: stored before the message store existed, or with ``store_messages`` off), or
+    ``unreadable`` (sealed for another store key, or failing its integrity check: ``detail`` says which)."""
+
+    sha256: str
+    why: str
+    detail: str
+    purged: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "why": self.why, "purged": format_time(self.purged) if self.purged else None,
+                "detail": self.detail}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ExportSummary:
-    """What ``export_range`` wrote."""
+    """What ``export_range`` wrote; with bodies, how many (and their plaintext bytes), those absent, and the
+    sequence of the ``archive.exported`` event recorded before the first was written."""
 
     directory: Path
     first_sequence: int
     last_sequence: int
     lines: int
     checkpoint: Checkpoint
+    with_bodies: bool = False
+    bodies: int = 0
+    body_bytes: int = 0
+    absent: tuple[AbsentBody, ...] = ()
+    exported_event: int | None = None
 
     @property
     def events(self) -> int:
@@ -93,6 +146,14 @@ class ExportSummary:
             "events": self.events,
             "lines": self.lines,
             "checkpoint": self.checkpoint.to_json(),
+            "bodies": {
+                "files": self.bodies,
+                "bytes": self.body_bytes,
+                "absent": [a.to_json() for a in self.absent],
+                "exported_event": self.exported_event,
+            }
+            if self.with_bodies
+            else None,
         }
 
 
@@ -163,24 +224,39 @@ def export_range(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    store: MessageStore | None = None,
+    actor: str | None = None,
 ) -> ExportSummary:
     """Write the bundle of the events from ``since`` (inclusive) to ``until`` (exclusive) into the new directory
     ``out``. Signs a checkpoint first when none covers the range yet (``archive.key`` is needed then). Refuses, with
-    nothing written, when the stored events do not verify (the chain, their hashes, the checkpoint's root)."""
+    nothing written, when the stored events do not verify (the chain, their hashes, the checkpoint's root).
+
+    ``store`` (opened with its private key): also write, decrypted, every body the events of the range name by
+    SHA-256, after recording an ``archive.exported`` event naming ``actor`` (the operator account)."""
+    if store is not None and (store.private_key is None or not actor):
+        raise ArchiveError("exporting bodies needs the message store's private key and the operator account")
     _check_out(out)
     first, last = _range(archive, since, until)
     anchor = anchor_checkpoint(archive, public_key, last)
     lower = first - 1 if first > 1 else first
     upper = last + 1 if anchor.tree_size > last else last
+    scope = f"events {first}..{last} ({_shown(since, until)})"
+    bodies = _Bodies() if store is not None else None
     work = _prepare(out)
     try:
-        tail = _write_events(archive, work / EVENTS, lower, upper)
+        named: dict[str, int] = {}
+        tail = _write_events(archive, work / EVENTS, lower, upper, named=named, first=first, last=last)
         proof = prove_events(archive, anchor, [tail])[0]
         _write_json(work / PROOF, proof.to_json())
         _write_json(work / CHECKPOINTS, [_public(c) for c in _checkpoints_for(archive, public_key, lower, anchor)])
         (work / PUBLIC_KEY).write_bytes(
             public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
+        files = {name: _sha256_file(work / name) for name in _FILES}
+        if store is not None and bodies is not None:
+            assert actor is not None  # checked above
+            _write_bodies(archive, store, actor, work, named, bodies, f"{scope} with", out)
+            files.update((_body_name(sha), sha) for sha, _size in bodies.written)
         manifest = {
             "type": EXPORT_TYPE,
             "v": FORMAT_VERSION,
@@ -195,15 +271,96 @@ def export_range(
             "before": lower < first,
             "after": upper > last,
             "lines": upper - lower + 1,
-            "bodies": False,
-            "files": {name: _sha256_file(work / name) for name in _FILES},
+            "bodies": bodies.to_json() if bodies is not None else False,
+            "files": files,
         }
         _write_json(work / MANIFEST, manifest)
         os.replace(work, out)  # onto a missing or empty directory: POSIX rename(2) replaces an empty one
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    return ExportSummary(out, first, last, upper - lower + 1, anchor)
+        if bodies is None or bodies.event is None:
+            raise
+        # The archive says bodies were exported: it must also say that none of them was left anywhere.
+        problem = str(exc) or type(exc).__name__  # KeyboardInterrupt says nothing
+        if isinstance(exc, OSError) and exc.strerror:
+            problem = f"cannot write the bundle: {exc.strerror}"
+        reason = f"{scope}: abandoned, nothing left in {out.absolute()}: {problem}"
+        archive.append(Event(EXPORTED_EVENT, "failed", actor=actor, reason=reason, time=archive.clock()))
+        if not isinstance(exc, Exception):
+            raise
+        raise ArchiveError(f"{problem}: the export was abandoned and nothing was written") from None
+    if bodies is None:
+        return ExportSummary(out, first, last, upper - lower + 1, anchor)
+    return ExportSummary(out, first, last, upper - lower + 1, anchor, True, len(bodies.written), bodies.bytes,
+                         tuple(bodies.absent), bodies.event)  # fmt: skip
+
+
+def _shown(since: datetime | None, until: datetime | None) -> str:
+    return f"{format_time(since) if since else 'the start'} to {format_time(until) if until else 'now'}"
+
+
+@dataclass
+class _Bodies:
+    """The bodies written into a bundle (hash, size), those absent, and the ``archive.exported`` event."""
+
+    written: list[tuple[str, int]] = field(default_factory=list)
+    absent: list[AbsentBody] = field(default_factory=list)
+    event: int | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _sha, size in self.written)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": len(self.written),
+            "bytes": self.bytes,
+            "files": [{"name": _body_name(sha), "sha256": sha, "size": size} for sha, size in self.written],
+            "absent": [a.to_json() for a in self.absent],
+        }
+
+
+def _absence(store: MessageStore, sha256: str) -> tuple[AbsentBody | None, int]:
+    """Why the store cannot give this body (None: it can), and its size. A body that looks live is opened and its
+    hash checked here, before anything is recorded or written, so that the archived count is what gets exported."""
+    if not _SHA256_HEX.fullmatch(sha256):
+        return AbsentBody(sha256, "not stored", "not a SHA-256: the message store holds no such body"), 0
+    info = store.body(sha256)
+    if info is None:
+        return AbsentBody(sha256, "not stored", "the message store never held this body"), 0
+    if info.purged_at is not None:
+        when = f"{info.purged_at:%Y-%m-%d %H:%M:%S} UTC"
+        return AbsentBody(sha256, "purged", f"purged from the message store on {when}", info.purged_at), 0
+    try:
+        size = len(store.get(sha256))
+    except ArchiveError as exc:
+        return AbsentBody(sha256, "unreadable", str(exc)), 0
+    return None, size
+
+
+def _write_bodies(archive: Archive, store: MessageStore, actor: str, work: Path, named: dict[str, int],
+                  bodies: _Bodies, scope: str, out: Path) -> None:  # fmt: skip
+    """Decrypt into ``work/bodies`` each body ``named`` by the events, once the export is archived; fills ``bodies``.
+
+    The ``archive.exported`` event is appended before the first byte of a body is written (as ``show --body``
+    does): the events of the bundle were read already, so it falls after the range and changes none of its proofs.
+    Should the export fail after it (a body purged in between by a purge running at the same time, a full disk),
+    ``export_range`` removes everything and records a second, ``failed``, event."""
+    for sha256 in named:
+        absent, size = _absence(store, sha256)
+        if absent is None:
+            bodies.written.append((sha256, size))
+        else:
+            bodies.absent.append(absent)
+    where = out.absolute()
+    reason = (f"{scope} {len(bodies.written)} message body(ies) ({bodies.bytes} bytes) decrypted, "
+              f"{len(bodies.absent)} absent, written to {where}")  # fmt: skip
+    bodies.event = archive.append(Event(EXPORTED_EVENT, "ok", actor=actor, reason=reason, time=archive.clock()))
+    directory = work / BODIES
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o700)  # whatever the umask: the directory holds patient data
+    for sha256, _size in bodies.written:
+        create_private_file(directory / f"{sha256}.eml", store.get(sha256))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -216,10 +373,12 @@ def _public(checkpoint: Checkpoint) -> dict[str, Any]:
     return data
 
 
-def _write_events(archive: Archive, path: Path, lower: int, upper: int) -> ArchivedEvent:
+def _write_events(archive: Archive, path: Path, lower: int, upper: int, *, named: dict[str, int], first: int,
+                  last: int) -> ArchivedEvent:  # fmt: skip
     """Write events lower..upper as canonical lines, checking as they go that they chain and match their hashes;
-    returns the last one."""
-    expected, prev, last = lower, None, None
+    returns the last one. Fills ``named`` with the SHA-256 values the events first..last name (the range's bodies),
+    each with the first sequence that names it."""
+    expected, prev, tail = lower, None, None
     with path.open("w", encoding="utf-8", newline="\n") as stream, closing(_stream(archive, lower, upper)) as events:
         for event in events:
             text = canonical_text(event)
@@ -228,10 +387,12 @@ def _write_events(archive: Archive, path: Path, lower: int, upper: int) -> Archi
                     f"event {expected} does not verify: the archive was tampered with (run `mssecure archive verify`)"
                 )
             stream.write(text + "\n")
-            prev, last, expected = event.hash, event, expected + 1
-    if last is None or last.sequence != upper:
+            if event.sha256 is not None and first <= event.sequence <= last:
+                named.setdefault(event.sha256, event.sequence)
+            prev, tail, expected = event.hash, event, expected + 1
+    if tail is None or tail.sequence != upper:
         raise ArchiveError(f"event {expected} is missing from the archive (run `mssecure archive verify`)")
-    return last
+    return tail
 
 
 def _checkpoints_for(
@@ -259,6 +420,7 @@ class ExportFinding:
 
     file: str
     kind: str  # edited, missing, reordered, inserted, truncated, key, checkpoint, proof, manifest, format
+    # (for a file of bodies/: edited, missing, inserted, manifest, format)
     detail: str
     line: int | None = None
     sequence: int | None = None
@@ -285,6 +447,10 @@ class ExportReport:
     lines: int = 0
     checkpoint: Checkpoint | None = None
     checkpoints: int = 0
+    with_bodies: bool = False
+    bodies: int = 0  # body files checked: each hashes to its name, which an event of the range names
+    body_bytes: int = 0
+    absent_bodies: list[AbsentBody] = field(default_factory=list)  # as the manifest states them (unverifiable)
     findings: list[ExportFinding] = field(default_factory=list)
 
     @property
@@ -320,6 +486,13 @@ class ExportReport:
             "lines": self.lines,
             "checkpoints": self.checkpoints,
             "checkpoint": self.checkpoint.to_json() if self.checkpoint else None,
+            "bodies": {
+                "files": self.bodies,
+                "bytes": self.body_bytes,
+                "absent": [a.to_json() for a in self.absent_bodies],
+            }
+            if self.with_bodies
+            else None,
             "first": self.first.to_json() if self.first else None,
             "findings": [f.to_json() for f in self.findings],
         }
@@ -380,14 +553,17 @@ def verify_export(directory: Path, operator_key: ed25519.Ed25519PublicKey | None
         report.fail(MANIFEST, "key", f"names key {str(manifest.get('key_id'))[:16]}…, not {report.key_id[:16]}…")
     checkpoints = _check_checkpoints(report, directory, key)
     proof = _read_json(report, directory, PROOF)
-    _check_events(report, directory, manifest, checkpoints, proof)
+    named = _check_events(report, directory, manifest, checkpoints, proof)
+    _check_bodies(report, directory, manifest, named)
     return report
 
 
 def _check_files(report: ExportReport, directory: Path, manifest: dict[str, Any]) -> None:
+    """The files every bundle has (the bodies are ``_check_bodies``'): there, as hashed in the manifest, and nothing
+    else beside them."""
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(_FILES):
-        report.fail(MANIFEST, "manifest", f"does not list exactly the files {', '.join(_FILES)}")
+    if not isinstance(files, dict) or not set(_FILES) <= set(files):
+        report.fail(MANIFEST, "manifest", f"does not list the files {', '.join(_FILES)}")
         return
     for name in _FILES:
         path = directory / name
@@ -395,7 +571,8 @@ def _check_files(report: ExportReport, directory: Path, manifest: dict[str, Any]
             report.fail(name, "missing", "the file is missing from the bundle")
         elif _sha256_file(path) != files[name]:
             report.fail(name, "manifest", "its SHA-256 is not the one in manifest.json: modified after the export")
-    extra = sorted(p.name for p in directory.iterdir() if p.name not in (*_FILES, MANIFEST))
+    expected = (*_FILES, MANIFEST, BODIES) if isinstance(manifest.get("bodies"), dict) else (*_FILES, MANIFEST)
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in expected)
     if extra:
         report.fail(MANIFEST, "inserted", f"files not part of the export: {', '.join(extra)}")
 
@@ -460,37 +637,40 @@ def _int(value: Any) -> int | None:
 
 
 def _check_events(report: ExportReport, directory: Path, manifest: dict[str, Any],
-                  checkpoints: dict[int, Checkpoint], proof: Any) -> None:  # fmt: skip
-    """The chain pass over events.jsonl, then the proof of its last line, then the edges of the range."""
+                  checkpoints: dict[int, Checkpoint], proof: Any) -> dict[str, int] | None:  # fmt: skip
+    """The chain pass over events.jsonl, then the proof of its last line, then the edges of the range. Returns the
+    SHA-256 values the events of the range name (each with the first sequence naming it) when every line was read
+    and chained, else None (a finding says why)."""
     first, last = _int(manifest.get("first_sequence")), _int(manifest.get("last_sequence"))
     before, after = manifest.get("before") is True, manifest.get("after") is True
     if first is None or last is None or first < 1 or last < first:
         report.fail(MANIFEST, "manifest", "first_sequence and last_sequence are not a range of sequences")
-        return
+        return None
     report.first_sequence, report.last_sequence = first, last
     lower = first - 1 if before else first
     expected, prev_hash, tail, count = lower, None, None, 0
     try:
         stream = (directory / EVENTS).open("rb")
     except OSError:
-        return  # reported by _check_files
+        return None  # reported by _check_files
     by_sequence: dict[int, ArchivedEvent] = {}  # the edges and the checkpointed ones, to check afterwards
+    named: dict[str, int] = {}
     with stream:
         for number, raw in enumerate(_lines(stream), start=1):
             count = number
             if raw is None:
                 report.fail(EVENTS, "format", "a line too long to be an event", line=number)
-                return
+                return None
             try:
                 value = json.loads(raw.decode("utf-8"))
                 event = event_from_canonical(value)
             except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 report.fail(EVENTS, "edited", f"not an archived event: {exc}", line=number)
-                return
+                return None
             if canonical_json(value).encode("utf-8") != raw:
                 report.fail(EVENTS, "edited", "the line is not in canonical form (it was rewritten)", line=number,
                             sequence=event.sequence)  # fmt: skip
-                return
+                return None
             if event.sequence != expected:
                 if event.sequence > expected and expected not in _sequences_after(stream):
                     span = f"event {expected} is" if event.sequence == expected + 1 else \
@@ -501,30 +681,33 @@ def _check_events(report: ExportReport, directory: Path, manifest: dict[str, Any
                     report.fail(EVENTS, "reordered", f"line {number} holds event {event.sequence} where event "
                                 f"{expected} belongs (lines swapped, moved or repeated)", line=number,
                                 sequence=event.sequence)  # fmt: skip
-                return
+                return None
             if prev_hash is not None and event.prev_hash != prev_hash:
                 detail = f"event {expected - 1} on line {number - 1} is not the event {expected} chains to: modified"
                 report.fail(EVENTS, "edited", detail, line=number - 1, sequence=expected - 1)
-                return
+                return None
             if number == 1 and lower == 1 and event.prev_hash != GENESIS_HASH:
                 report.fail(EVENTS, "edited", "event 1 does not start the log (its prev is not the genesis hash)",
                             line=1, sequence=1)  # fmt: skip
-                return
+                return None
             checkpoint = checkpoints.get(event.sequence)
             if checkpoint is not None and checkpoint.hash != event.hash:
                 report.fail(EVENTS, "edited", f"event {event.sequence} is not the one the checkpoint of "
                             f"{checkpoint.tree_size} events signed: it was modified", line=number,
                             sequence=event.sequence)  # fmt: skip
-                return
+                return None
+            if event.sha256 is not None and first <= event.sequence <= last:
+                named.setdefault(event.sha256, event.sequence)
             if event.sequence in (lower, first, last, last + 1):
                 by_sequence[event.sequence] = event
             prev_hash, tail, expected = event.hash, (number, event), expected + 1
     report.lines = count
     if tail is None:
         report.fail(EVENTS, "missing", "no events")
-        return
+        return None
     _check_tail(report, manifest, checkpoints, proof, tail, after)
     _check_edges(report, manifest, by_sequence, lower, first, last, before, after)
+    return named
 
 
 def _check_tail(report: ExportReport, manifest: dict[str, Any], checkpoints: dict[int, Checkpoint], proof: Any,
@@ -593,3 +776,131 @@ def _check_edges(report: ExportReport, manifest: dict[str, Any], events: dict[in
                         "does not end where the manifest says", sequence=last + 1, line=report.lines)  # fmt: skip
         if last in events and events[last].time >= until:
             report.fail(MANIFEST, "manifest", f"event {last} is not before until {until}")
+
+
+def _hash_and_size(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _listed_bodies(report: ExportReport, section: dict[str, Any]) -> tuple[dict[str, int], list[AbsentBody]] | None:
+    """The body files (hash → size) and the absent bodies the manifest lists; None when its ``bodies`` is not
+    shaped as ``export`` writes it. A malformed entry is a finding and is left out (its file is then unlisted)."""
+    files, absent = section.get("files"), section.get("absent")
+    if not isinstance(files, list) or not isinstance(absent, list):
+        report.fail(MANIFEST, "manifest", "its bodies section does not list files and absent bodies")
+        return None
+    listed: dict[str, int] = {}
+    for number, item in enumerate(files, start=1):
+        sha256 = item.get("sha256") if isinstance(item, dict) else None
+        size = _int(item.get("size")) if isinstance(item, dict) else None
+        if (not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256) or size is None or size < 0
+                or item.get("name") != _body_name(sha256)):  # fmt: skip
+            report.fail(MANIFEST, "manifest", f"body file #{number} is not {{name: bodies/<sha256>.eml, sha256, size}}")
+            continue
+        if sha256 in listed:
+            report.fail(MANIFEST, "manifest", f"lists {_body_name(sha256)} twice")
+        listed[sha256] = size
+    missing: list[AbsentBody] = []
+    for number, item in enumerate(absent, start=1):
+        entry: dict[str, Any] = item if isinstance(item, dict) else {}
+        sha256, why = entry.get("sha256"), entry.get("why")
+        if not isinstance(sha256, str) or not isinstance(why, str) or why not in ABSENT_REASONS:
+            report.fail(
+                MANIFEST, "manifest", f"absent body #{number} is not {{sha256, why: {' / '.join(ABSENT_REASONS)}}}"
+            )
+            continue
+        detail = entry.get("detail")
+        missing.append(AbsentBody(sha256, why, detail if isinstance(detail, str) else ""))
+        if sha256 in listed:
+            report.fail(MANIFEST, "manifest", f"lists {_body_name(sha256)} as both in the bundle and absent")
+    if _int(section.get("count")) != len(listed) or _int(section.get("bytes")) != sum(listed.values()):
+        report.fail(MANIFEST, "manifest", "its count of bodies or of their bytes does not match the body files listed")
+    return listed, missing
+
+
+def _check_bodies(
+    report: ExportReport, directory: Path, manifest: dict[str, Any], named: dict[str, int] | None
+) -> None:
+    """Each body file hashes to its name and its size, as the manifest says; an event of the range names it; every
+    body the events name is in the bundle or listed absent; nothing else is in ``bodies/``. ``named``: the SHA-256
+    values of the events of the range, None when the events did not verify (then only the files are checked)."""
+    section = manifest.get("bodies", False)
+    files = manifest.get("files")
+    hashed = {n: h for n, h in files.items() if n not in _FILES} if isinstance(files, dict) else {}
+    if section is False:
+        for name in sorted(hashed):
+            report.fail(MANIFEST, "manifest", f"lists {name}, but the export has no bodies")
+        return
+    if not isinstance(section, dict):
+        report.fail(MANIFEST, "manifest", "bodies is neither false nor the bodies of the export")
+        return
+    report.with_bodies = True
+    found = _listed_bodies(report, section)
+    if found is None:
+        return
+    listed, absent = found
+    report.absent_bodies = absent
+    for name in sorted(set(hashed) - {_body_name(sha) for sha in listed}):
+        report.fail(MANIFEST, "manifest", f"lists {name} among the files, but not among the bodies")
+    for sha256, size in listed.items():
+        name = _body_name(sha256)
+        if hashed.get(name) != sha256:
+            report.fail(name, "manifest", "its SHA-256 in the files of manifest.json is not the one its name says")
+        path = directory / name
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            report.fail(name, "missing", "a body the manifest lists is missing from the bundle")
+            continue
+        except OSError as exc:
+            report.fail(name, "format", f"cannot be read: {exc.strerror or exc}")
+            continue
+        if not stat.S_ISREG(mode):  # never follow a link or open a FIFO or a device named like a body
+            report.fail(name, "format", "not a regular file")
+            continue
+        try:
+            actual, actual_size = _hash_and_size(path)
+        except OSError as exc:
+            report.fail(name, "format", f"cannot be read: {exc.strerror or exc}")
+            continue
+        if actual != sha256:
+            report.fail(name, "edited", f"its SHA-256 is {actual[:16]}…, not the one its name (and the events) "
+                                        "say: the body was modified")  # fmt: skip
+            continue
+        if actual_size != size:
+            report.fail(name, "manifest", f"is {actual_size} bytes, not the {size} the manifest says")
+        if named is not None and sha256 not in named:
+            report.fail(name, "inserted", "no event of the range names this SHA-256: not a body of the export")
+            continue
+        report.bodies += 1
+        report.body_bytes += actual_size
+    _check_body_directory(report, directory, listed)
+    if named is None:
+        return
+    stated = {a.sha256 for a in absent}
+    for sha256 in sorted(stated - set(named)):
+        report.fail(MANIFEST, "manifest", f"lists body {sha256} as absent, but no event of the range names it")
+    for sha256, sequence in named.items():
+        if sha256 not in listed and sha256 not in stated:
+            report.fail(_body_name(sha256) if _SHA256_HEX.fullmatch(sha256) else MANIFEST, "missing",
+                        f"the body event {sequence} names is neither in the bundle nor listed absent in manifest.json",
+                        sequence=sequence)  # fmt: skip
+
+
+def _check_body_directory(report: ExportReport, directory: Path, listed: dict[str, int]) -> None:
+    """Nothing in ``bodies/`` but the body files listed."""
+    folder = directory / BODIES
+    if not folder.exists() and not folder.is_symlink():
+        return  # each listed body is then reported missing
+    if folder.is_symlink() or not folder.is_dir():
+        report.fail(BODIES, "format", "not a directory")
+        return
+    expected = {f"{sha}.eml" for sha in listed}
+    for entry in sorted(p.name for p in folder.iterdir()):
+        if entry not in expected:
+            report.fail(f"{BODIES}/{entry}", "inserted", "a file the manifest does not list as a body of the export")

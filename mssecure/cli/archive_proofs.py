@@ -21,7 +21,7 @@ from mssecure.archive.export import export_range, verify_export
 from mssecure.archive.records import format_time
 from mssecure.cli._context import CliContext
 from mssecure.cli._output import echo_json
-from mssecure.cli.archive import _when
+from mssecure.cli.archive import _message_store, _when
 from mssecure.errors import KeyStoreError
 
 __all__ = ["COMMANDS"]
@@ -50,7 +50,10 @@ def _pinned_key(path: str | None) -> ed25519.Ed25519PublicKey | None:
 @click.option("--until", type=click.DateTime(), help="Before this time (UTC unless a zone is given).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A new (or empty) directory to write the bundle into.")  # fmt: skip
-@click.option("--bodies", is_flag=True, help="Also export the messages' bodies (not available yet).")
+@click.option("--bodies", is_flag=True,
+              help="Also write the message bodies the events name, DECRYPTED, as bodies/<sha256>.eml. WARNING: the "
+                   "bundle then holds health data in clear; store, send and destroy it as such. Needs the master "
+                   "secret; recorded as an archive.exported event naming you before any body is written.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @pass_cli
 def export(cli: CliContext, since: datetime | None, until: datetime | None, out: Path, bodies: bool,
@@ -58,23 +61,37 @@ def export(cli: CliContext, since: datetime | None, until: datetime | None, out:
     """Write a self-contained bundle of the events of a time range, verifiable offline with `verify-export`.
 
     The bundle holds the events as hashed, the signed checkpoint they are proven against (one is signed now if
-    none covers the range yet), an inclusion proof and the archive's public key.
+    none covers the range yet), an inclusion proof and the archive's public key; with --bodies, the decrypted
+    messages (health data: handle the bundle as such) and the list of those purged or never stored.
     """
-    if bodies:
-        raise ArchiveError("--bodies: exporting message bodies is not available yet (the bundle proves the events)")
     begin, end = _when(since), _when(until)
     if begin is not None and end is not None and begin >= end:
         raise ArchiveError("--since must be before --until")
     archive, public_key = _operator_archive(cli, key_required=False)
-    summary = export_range(archive, public_key, out, since=begin, until=end)
+    store = _message_store(cli, reading=True) if bodies else None
+    summary = export_range(archive, public_key, out, since=begin, until=end, store=store,
+                           actor=cli.operator_account)  # fmt: skip
     if as_json:
         echo_json(summary.to_json())
-        return
-    anchor = summary.checkpoint
+    else:
+        anchor = summary.checkpoint
+        click.echo(
+            f"Exported events {summary.first_sequence}..{summary.last_sequence} ({summary.events} event(s)) to {out}, "
+            f"proven against the checkpoint of {anchor.tree_size} events signed {format_time(anchor.time)}; "
+            f"check it with: mssecure archive verify-export {out} --operator-key archive.pub"
+        )
+    if summary.with_bodies:
+        _warn_bodies(out, summary.bodies, summary.body_bytes, len(summary.absent))
+
+
+def _warn_bodies(out: Path, bodies: int, size: int, absent: int) -> None:
+    """Said on stderr even with --json: whoever runs the export must know what they now hold."""
+    missing = f"; {absent} body(ies) the events name are not in it (purged, never stored: see manifest.json)"
     click.echo(
-        f"Exported events {summary.first_sequence}..{summary.last_sequence} ({summary.events} event(s)) to {out}, "
-        f"proven against the checkpoint of {anchor.tree_size} events signed {format_time(anchor.time)}; "
-        f"check it with: mssecure archive verify-export {out} --operator-key archive.pub"
+        f"mssecure: warning: {out} holds {bodies} DECRYPTED message body(ies) ({size:,} bytes): health data in "
+        "clear; keep it on encrypted storage, send it over an encrypted channel, delete it when the audit is done"
+        + (missing if absent else ""),
+        err=True,
     )
 
 
@@ -95,7 +112,9 @@ def _warn_unpinned(bundle_key: str | None, origin: str | None) -> None:
 def verify_export_command(directory: Path, operator_key: str | None, as_json: bool) -> None:
     """Check an export bundle offline: every event, the chain, the proof, the checkpoint signatures, the edges.
 
-    Needs no configuration and no database. Exits 1 naming the first bad file, line and sequence.
+    With bodies: each body file hashes to its name, which an event of the range names, and the manifest accounts
+    for every body the events name. Needs no configuration and no database. Exits 1 naming the first bad file,
+    line and sequence.
     """
     report = verify_export(directory, _pinned_key(operator_key))
     if as_json:
@@ -118,6 +137,18 @@ def verify_export_command(directory: Path, operator_key: str | None, as_json: bo
             f"{anchor.tree_size} events signed {format_time(anchor.time)} by key {(report.key_id or '')[:16]}…"
             + (" (the operator key given)" if report.pinned else " (the bundle's own key)")
         )
+        if report.with_bodies:
+            absent = len(report.absent_bodies)
+            click.echo(
+                f"Bodies verified: {report.bodies} message body(ies) ({report.body_bytes:,} bytes), each the one its "
+                "event names"
+                + (
+                    f"; {absent} named by the events absent, as manifest.json states (purged, not stored or "
+                    "unreadable: the bundle cannot prove why)"
+                    if absent
+                    else ""
+                )
+            )
 
 
 @click.command("evidence")

@@ -3,8 +3,10 @@ checks them in an empty directory with no configuration and only the public key;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy.engine import Engine
 
-from mssecure.archive import Archive
+from mssecure.archive import Archive, MessageStore, load_store_public_key
 from mssecure.cli import main
 from mssecure.config import load_config
 from mssecure.db import make_engine
@@ -112,9 +114,12 @@ def test_verify_export_names_the_bad_line(archived: Operator, auditor: Path) -> 
 
 
 def test_export_refusals(archived: Operator, tmp_path: Path) -> None:
+    store_key = archived.directory / "data" / "keys" / "archive-store.key"
+    store_key.rename(tmp_path / "away.key")
     result = archived.run("archive", "export", "--out", str(tmp_path / "x"), "--bodies")
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "not available yet")
+    assert_one_line_error(result.stderr, f"missing key file {store_key}")
+    assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "a").write_text("a")
     result = archived.run("archive", "export", "--out", str(tmp_path / "full"))
@@ -215,3 +220,80 @@ def test_verify_evidence_refusals(archived: Operator, auditor: Path) -> None:
     result = audit("archive", "verify-evidence", "other.json")
     assert result.exit_code == 2  # --operator-key is required: evidence without the origin's key proves nothing
     assert "--operator-key" in result.output
+
+
+# -- export --bodies, on SQLite and PostgreSQL
+
+PRESCRIPTION = (
+    f"From: {DOCTOR}\r\nTo: {PHARMACY}\r\nMessage-ID: {RX}\r\nSubject: ordonnance\r\n\r\n"
+    "Amoxicilline 1 g, 3 fois par jour pendant 7 jours.\r\n"
+).encode()
+
+
+@pytest.fixture
+def relayed(operator_on: Operator) -> Iterator[tuple[Operator, Engine]]:
+    """A prescription stored by the relay's store (public key only) and relayed; one earlier message never stored."""
+    engine = make_engine(load_config(operator_on.config).database_url)
+    public = load_store_public_key(operator_on.directory / "data" / "archive-store.pub")
+    sha256 = MessageStore(engine, public_key=public).put(PRESCRIPTION, kind="received", queue_id="Q1", message_id=RX)
+    Archive(engine).append_many([
+        Event("submission.accepted", "ok", actor=DOCTOR, queue_id="Q0", sha256="cd" * 32, sender=DOCTOR,
+              recipients=(PHARMACY,), time=START),
+        Event("submission.accepted", "ok", actor=DOCTOR, queue_id="Q1", message_id=RX, sha256=sha256,
+              sender=DOCTOR, recipients=(PHARMACY,), time=START + timedelta(seconds=1)),
+        Event("relayed", "ok", actor="relay", queue_id="Q1", message_id=RX, sha256=sha256, recipients=(PHARMACY,),
+              reply="250 2.0.0 Ok", time=START + timedelta(seconds=2)),
+    ])  # fmt: skip
+    yield operator_on, engine
+    engine.dispose()
+
+
+def test_export_bodies_round_trip(relayed: tuple[Operator, Engine], auditor: Path, tmp_path: Path) -> None:
+    operator, engine = relayed
+    out = tmp_path / "bundle"
+    result = operator.run("archive", "export", "--bodies", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Exported events 1..3 (3 event(s)) to {out}")
+    warning = result.stderr.strip()
+    assert warning.startswith(f"mssecure: warning: {out} holds 1 DECRYPTED message body(ies) ({len(PRESCRIPTION)} ")
+    assert "health data in clear" in warning
+    assert "1 body(ies) the events name are not in it" in warning
+    name = f"{hashlib.sha256(PRESCRIPTION).hexdigest()}.eml"
+    assert (out / "bodies" / name).read_bytes() == PRESCRIPTION
+    assert stat.S_IMODE((out / "bodies").stat().st_mode) == 0o700
+    assert stat.S_IMODE((out / "bodies" / name).stat().st_mode) == 0o600
+    (exported,) = Archive(engine).search(type="archive.exported")
+    assert (exported.sequence, exported.actor, exported.outcome) == (4, "test-operator", "ok")
+    assert exported.reason is not None
+    assert f"1 message body(ies) ({len(PRESCRIPTION)} bytes) decrypted, 1 absent, written to {out}" in exported.reason
+
+    shutil.copytree(out, auditor / "bundle")
+    shutil.copy(public_key(operator), auditor / "chu-nord.pub")
+    result = audit("archive", "verify-export", "bundle", "--operator-key", "chu-nord.pub")
+    assert result.exit_code == 0, result.output
+    verified, bodies = result.stdout.splitlines()
+    assert verified.startswith("Export verified: events 1..3 (3 event(s))")
+    assert bodies.startswith(f"Bodies verified: 1 message body(ies) ({len(PRESCRIPTION)} bytes), each the one its "
+                             "event names; 1 named by the events absent")  # fmt: skip
+    result = audit("archive", "verify-export", "bundle", "--operator-key", "chu-nord.pub", "--json")
+    report = json.loads(result.stdout)
+    assert report["bodies"]["files"] == 1
+    assert [(a["sha256"], a["why"]) for a in report["bodies"]["absent"]] == [("cd" * 32, "not stored")]
+
+    (auditor / "bundle" / "bodies" / name).write_bytes(PRESCRIPTION.replace(b"1 g", b"3 g"))
+    result = audit("archive", "verify-export", "bundle", "--operator-key", "chu-nord.pub")
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"export verification FAILED at bodies/{name}: edited: its SHA-256 is")
+
+
+def test_export_bodies_json_still_warns(relayed: tuple[Operator, Engine], tmp_path: Path) -> None:
+    operator, _engine = relayed
+    result = operator.run("archive", "export", "--bodies", "--since", "2026-11-23 09:30:01", "--out",
+                          str(tmp_path / "b"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["bodies"]["files"], summary["bodies"]["absent"], summary["bodies"]["exported_event"]) == (1, [], 4)
+    assert "DECRYPTED" in result.stderr
+    result = operator.run("archive", "export", "--out", str(tmp_path / "c"), "--json")
+    assert json.loads(result.stdout)["bodies"] is None
+    assert result.stderr == ""

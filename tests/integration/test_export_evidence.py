@@ -8,22 +8,23 @@ import copy
 import hashlib
 import json
 import shutil
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from mssecure.archive import Archive, ArchiveError, Checkpoint, sign_checkpoint
+from mssecure.archive import Archive, ArchiveError, Checkpoint, MessageStore, sign_checkpoint, verify_archive
 from mssecure.archive.evidence import build_evidence, statement_from_events, verify_evidence
-from mssecure.archive.export import ExportReport, export_range, verify_export
+from mssecure.archive.export import ExportReport, ExportSummary, export_range, verify_export
 from mssecure.archive.records import canonical_json
 from mssecure.smtp.events import Event
 
@@ -46,7 +47,7 @@ def at(seconds: int) -> datetime:
 def relay_trail() -> list[Event]:
     """What the relay archives for a prescription to a pharmacy (relayed to its operator, MDN displayed), a nurse
     (delivered locally) and a lab (deferred, then bounced), among other traffic."""
-    relay = {"actor": "relay", "message_id": RX, "sender": DOCTOR}
+    relay: dict[str, Any] = {"actor": "relay", "message_id": RX, "sender": DOCTOR}
     return [
         Event("auth.ok", "ok", actor=DOCTOR, peer="192.0.2.7", time=at(0)),
         Event("submission.refused", "refused", actor=DOCTOR, sender=DOCTOR, recipients=("x@gmail.com",),
@@ -460,6 +461,325 @@ def test_garbage_in_a_bundle_is_a_finding_not_a_crash(bundle: Path) -> None:
     (bundle / "manifest.json").write_text("[1, 2")
     report = findings(bundle)
     assert report.findings[0].file == "manifest.json"
+
+
+# -- export with bodies
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["name", "sha256", "size", "why",
+                                                                               "x"]), inner, max_size=4),
+    max_leaves=8,
+)  # fmt: skip
+STORE_KEY = x25519.X25519PrivateKey.generate()
+PRESCRIPTION = (
+    f"From: {DOCTOR}\r\nTo: {PHARMACY}\r\nMessage-ID: {RX}\r\nSubject: ordonnance\r\n\r\n"
+    "Amoxicilline 1 g, 3 fois par jour pendant 7 jours.\r\n"
+).encode()
+AS_DELIVERED = PRESCRIPTION.replace(b"\r\n\r\n", b"\r\nX-Mssecure-Verified: yes\r\n\r\n", 1)
+OLD_REPORT = f"From: {LAB}\r\nTo: {DOCTOR}\r\nSubject: CR\r\n\r\nKaliemie 4.1 mmol/L\r\n".encode()
+NEVER_STORED = "5a" * 32
+OUTSIDE = b"From: x@chu-nord.mssante.test\r\n\r\noutside the range\r\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RecordingStore(MessageStore):
+    """The real store, noting at each decryption how many ``archive.exported`` events the archive holds: what shows
+    that the export is recorded before a body is written (and, with ``purge_on_write``, a purge racing it)."""
+
+    def __init__(self, engine: Engine, archive: Archive, *, purge_on_write: bool = False) -> None:
+        super().__init__(engine, private_key=STORE_KEY, clock=lambda: START + timedelta(days=2))
+        self.archive = archive
+        self.purge_on_write = purge_on_write
+        self.exported_before_get: list[int] = []
+
+    def get(self, sha256: str) -> bytes:
+        recorded = len(list(self.archive.search(type="archive.exported")))
+        self.exported_before_get.append(recorded)
+        if recorded and self.purge_on_write:
+            self.purge(START + timedelta(days=3))
+        return super().get(sha256)
+
+
+@pytest.fixture
+def stored(engine: Engine) -> Archive:
+    """A prescription stored as received and as delivered (and relayed: the same bytes again), a lab report whose
+    body was purged, a message the store never held, and a stored message outside the range exported."""
+    writer = MessageStore(engine, public_key=STORE_KEY.public_key(), clock=lambda: START)
+    received = writer.put(PRESCRIPTION, kind="received", queue_id="Q1", message_id=RX)
+    delivered = writer.put(AS_DELIVERED, kind="delivered", queue_id="Q1", message_id=RX, recipient=NURSE)
+    old = MessageStore(engine, public_key=STORE_KEY.public_key(), clock=lambda: START - timedelta(days=400))
+    report = old.put(OLD_REPORT, kind="received", queue_id="Q0", message_id="<cr-1@chu-sud.mssante.test>")
+    outside = writer.put(OUTSIDE, kind="received", queue_id="Q7", message_id="<x@chu-nord.mssante.test>")
+    purged = MessageStore(engine, clock=lambda: START + timedelta(hours=1)).purge(START - timedelta(days=365))
+    assert purged.sha256s == (report,)
+    archive = Archive(engine, key=KEY, origin=ORIGIN, clock=lambda: START + timedelta(days=1))
+    archive.append_many([
+        Event("auth.ok", "ok", actor=NURSE, time=at(0)),
+        Event("submission.accepted", "ok", actor=DOCTOR, queue_id="Q1", message_id=RX, sha256=received,
+              sender=DOCTOR, recipients=(NURSE, PHARMACY), time=at(1)),
+        Event("delivered", "ok", actor="relay", queue_id="Q1", message_id=RX, sha256=delivered, recipients=(NURSE,),
+              time=at(2)),
+        Event("relayed", "ok", actor="relay", queue_id="Q1", message_id=RX, sha256=received, recipients=(PHARMACY,),
+              time=at(3)),
+        Event("inbound.accepted", "ok", actor="chu-sud.mssante.test", queue_id="Q0", sha256=report, sender=LAB,
+              recipients=(DOCTOR,), time=at(4)),
+        Event("submission.accepted", "ok", actor=DOCTOR, queue_id="Q5", sha256=NEVER_STORED, sender=DOCTOR,
+              recipients=(PHARMACY,), time=at(5)),
+        Event("submission.accepted", "ok", actor=DOCTOR, queue_id="Q7", sha256=outside, sender=DOCTOR,
+              recipients=(PHARMACY,), time=at(20)),
+    ])  # fmt: skip
+    return archive
+
+
+def export_bodies(archive: Archive, out: Path, **kwargs: Any) -> ExportSummary:
+    store = kwargs.pop("store", None) or MessageStore(archive.engine, private_key=STORE_KEY)
+    return export_range(archive, KEY.public_key(), out, store=store, actor="auditor-export", **kwargs)
+
+
+@pytest.fixture
+def with_bodies(stored: Archive, tmp_path: Path) -> Path:
+    """Events 2..6 (09:00:01 to 09:00:10) with their bodies."""
+    out = tmp_path / "with-bodies"
+    summary = export_bodies(stored, out, since=at(1), until=at(10))
+    assert (summary.first_sequence, summary.last_sequence, summary.bodies) == (2, 6, 2)
+    return out
+
+
+def manifest_of(bundle: Path) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads((bundle / "manifest.json").read_text()))
+
+
+def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_export_with_bodies_holds_them_decrypted_and_verifies_offline(stored: Archive, tmp_path: Path) -> None:
+    store = RecordingStore(stored.engine, stored)
+    out = tmp_path / "with-bodies"
+    summary = export_bodies(stored, out, since=at(1), until=at(10), store=store)
+    assert (summary.bodies, summary.body_bytes) == (2, len(PRESCRIPTION) + len(AS_DELIVERED))
+    assert [(a.sha256, a.why) for a in summary.absent] == [(sha(OLD_REPORT), "purged"), (NEVER_STORED, "not stored")]
+    # each body opened once to check it, then, once the export was archived, again to be written
+    assert store.exported_before_get == [0, 0, 1, 1]
+
+    bodies = out / "bodies"
+    assert stat.S_IMODE(bodies.stat().st_mode) == 0o700
+    assert sorted(p.name for p in bodies.iterdir()) == sorted(f"{sha(m)}.eml" for m in (PRESCRIPTION, AS_DELIVERED))
+    for message in (PRESCRIPTION, AS_DELIVERED):
+        path = bodies / f"{sha(message)}.eml"
+        assert path.read_bytes() == message
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not (bodies / f"{sha(OUTSIDE)}.eml").exists()  # its event is outside the range
+
+    manifest = manifest_of(out)
+    section = manifest["bodies"]
+    assert (section["count"], section["bytes"]) == (2, summary.body_bytes)
+    assert section["files"] == [
+        {"name": f"bodies/{sha(PRESCRIPTION)}.eml", "sha256": sha(PRESCRIPTION), "size": len(PRESCRIPTION)},
+        {"name": f"bodies/{sha(AS_DELIVERED)}.eml", "sha256": sha(AS_DELIVERED), "size": len(AS_DELIVERED)},
+    ]
+    assert manifest["files"][f"bodies/{sha(PRESCRIPTION)}.eml"] == sha(PRESCRIPTION)
+    purged, never = section["absent"]
+    assert (purged["why"], purged["purged"]) == ("purged", "2026-11-23T10:00:00.000000+00:00")
+    assert "purged from the message store on 2026-11-23 10:00:00 UTC" in purged["detail"]
+    assert (never["sha256"], never["why"], never["purged"]) == (NEVER_STORED, "not stored", None)
+
+    (exported,) = stored.search(type="archive.exported")
+    assert exported.sequence == summary.exported_event == 8  # after the range and after the anchor's tree
+    assert summary.checkpoint.tree_size == 7
+    assert (exported.outcome, exported.actor) == ("ok", "auditor-export")
+    assert exported.reason is not None
+    assert exported.reason.startswith("events 2..6 (2026-11-23T09:00:01.000000+00:00 to 2026-11-23T09:00:10")
+    assert f"2 message body(ies) ({summary.body_bytes} bytes) decrypted, 2 absent, written to {out}" in exported.reason
+    assert b"Amoxicilline" not in json.dumps(exported.to_json()).encode()
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)
+    report = verify_export(moved, KEY.public_key())
+    assert report.ok, report.findings
+    assert (report.with_bodies, report.bodies, report.body_bytes) == (True, 2, summary.body_bytes)
+    assert [a.why for a in report.absent_bodies] == ["purged", "not stored"]
+    assert report.to_json()["bodies"]["files"] == 2
+    assert verify_archive(stored.engine, KEY.public_key()).ok  # the exported event chains like any other
+
+
+def test_an_export_with_bodies_up_to_now_verifies_and_so_does_the_next(stored: Archive, tmp_path: Path) -> None:
+    """With no --until the range ends at the last event: the export's own event comes after it, and is in the
+    range of the next export."""
+    first = export_bodies(stored, tmp_path / "first", since=at(1))
+    assert (first.last_sequence, first.checkpoint.tree_size, first.exported_event) == (7, 7, 8)
+    report = verify_export(tmp_path / "first", KEY.public_key())
+    assert report.ok, report.findings
+    assert report.bodies == 3  # with the message at 09:00:20
+    assert manifest_of(tmp_path / "first")["after"] is False
+    second = export_bodies(stored, tmp_path / "second")
+    assert (second.first_sequence, second.last_sequence, second.exported_event) == (1, 8, 9)
+    assert verify_export(tmp_path / "second", KEY.public_key()).ok
+    exported = [json.loads(line) for line in lines(tmp_path / "second") if '"archive.exported"' in line]
+    assert [e["seq"] for e in exported] == [8]
+    assert [e.sequence for e in stored.search(type="archive.exported")] == [8, 9]
+
+
+def test_an_export_without_bodies_records_nothing(stored: Archive, tmp_path: Path) -> None:
+    summary = export_range(stored, KEY.public_key(), tmp_path / "b", since=at(1), until=at(10))
+    assert (summary.with_bodies, summary.exported_event) == (False, None)
+    assert manifest_of(tmp_path / "b")["bodies"] is False
+    assert not (tmp_path / "b" / "bodies").exists()
+    assert list(stored.search(type="archive.exported")) == []
+
+
+def test_a_body_purged_during_the_export_abandons_it(stored: Archive, tmp_path: Path) -> None:
+    store = RecordingStore(stored.engine, stored, purge_on_write=True)
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    with pytest.raises(ArchiveError, match=r"was purged on .*: the export was abandoned and nothing was written"):
+        export_bodies(stored, tmp_path / "b", since=at(1), until=at(10), store=store)
+    assert list(tmp_path.iterdir()) == []  # no bundle, no temporary directory, no body
+    ok, failed = stored.search(type="archive.exported")
+    assert (ok.outcome, failed.outcome, failed.actor) == ("ok", "failed", "auditor-export")
+    assert failed.reason is not None
+    assert "abandoned, nothing left in" in failed.reason
+
+
+def test_bodies_need_the_store_private_key(stored: Archive, tmp_path: Path) -> None:
+    writer = MessageStore(stored.engine, public_key=STORE_KEY.public_key())
+    with pytest.raises(ArchiveError, match="needs the message store's private key"):
+        export_range(stored, KEY.public_key(), tmp_path / "b", store=writer, actor="x")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_body_sealed_for_another_store_key_is_listed_unreadable(stored: Archive, tmp_path: Path) -> None:
+    other = x25519.X25519PrivateKey.generate()
+    summary = export_range(stored, KEY.public_key(), tmp_path / "b", since=at(1), until=at(10),
+                           store=MessageStore(stored.engine, private_key=other), actor="x")  # fmt: skip
+    assert summary.bodies == 0
+    assert [a.why for a in summary.absent] == ["unreadable", "unreadable", "purged", "not stored"]
+    assert "sealed for another archive store key" in summary.absent[0].detail
+    assert verify_export(tmp_path / "b", KEY.public_key()).ok
+
+
+def test_a_tampered_body_is_a_finding_naming_it(with_bodies: Path) -> None:
+    name = f"bodies/{sha(PRESCRIPTION)}.eml"
+    path = with_bodies / name
+    path.write_bytes(PRESCRIPTION.replace(b"1 g", b"2 g"))
+    report = findings(with_bodies)
+    assert [(f.file, f.kind) for f in report.findings] == [(name, "edited")]
+    assert "the body was modified" in report.findings[0].detail
+    assert report.first is not None
+    assert str(report.first).startswith(f"{name}: edited: its SHA-256 is ")
+
+
+def test_a_body_renamed_to_its_new_hash_is_named_by_no_event(with_bodies: Path) -> None:
+    """The careful forger: the new bytes under their own hash, and the manifest rewritten to match."""
+    forged = PRESCRIPTION.replace(b"1 g", b"2 g")
+    (with_bodies / f"bodies/{sha(PRESCRIPTION)}.eml").unlink()
+    (with_bodies / f"bodies/{sha(forged)}.eml").write_bytes(forged)
+    manifest = manifest_of(with_bodies)
+    old_name, new_name = f"bodies/{sha(PRESCRIPTION)}.eml", f"bodies/{sha(forged)}.eml"
+    del manifest["files"][old_name]
+    manifest["files"][new_name] = sha(forged)
+    manifest["bodies"]["files"][0] = {"name": new_name, "sha256": sha(forged), "size": len(forged)}
+    write_manifest(with_bodies, manifest)
+    report = findings(with_bodies)
+    assert [(f.file, f.kind) for f in report.findings] == [(new_name, "inserted"), (old_name, "missing")]
+    assert report.findings[1].sequence == 2  # the event that names the prescription's bytes
+
+
+def test_an_extra_body_file_is_a_finding_naming_it(with_bodies: Path) -> None:
+    extra = f"bodies/{sha(OUTSIDE)}.eml"
+    (with_bodies / extra).write_bytes(OUTSIDE)
+    report = findings(with_bodies)
+    assert [(f.file, f.kind) for f in report.findings] == [(extra, "inserted")]
+    # listed in the manifest too: still no event of the range names it
+    manifest = manifest_of(with_bodies)
+    manifest["files"][extra] = sha(OUTSIDE)
+    manifest["bodies"]["files"].append({"name": extra, "sha256": sha(OUTSIDE), "size": len(OUTSIDE)})
+    manifest["bodies"]["count"] += 1
+    manifest["bodies"]["bytes"] += len(OUTSIDE)
+    write_manifest(with_bodies, manifest)
+    report = findings(with_bodies)
+    assert [(f.file, f.kind) for f in report.findings] == [(extra, "inserted")]
+    assert "no event of the range names" in report.findings[0].detail
+
+
+def test_a_missing_body_file_is_a_finding_naming_it(with_bodies: Path) -> None:
+    name = f"bodies/{sha(AS_DELIVERED)}.eml"
+    (with_bodies / name).unlink()
+    assert [(f.file, f.kind) for f in findings(with_bodies).findings] == [(name, "missing")]
+    manifest = manifest_of(with_bodies)  # and struck from the manifest: the event still names it
+    del manifest["files"][name]
+    manifest["bodies"]["files"] = manifest["bodies"]["files"][:1]
+    manifest["bodies"]["count"], manifest["bodies"]["bytes"] = 1, len(PRESCRIPTION)
+    write_manifest(with_bodies, manifest)
+    report = findings(with_bodies)
+    assert [(f.file, f.kind, f.sequence) for f in report.findings] == [(name, "missing", 3)]
+    assert "neither in the bundle nor listed absent" in report.findings[0].detail
+
+
+def test_a_manifest_that_disagrees_with_the_bodies_is_a_finding(with_bodies: Path) -> None:
+    original = manifest_of(with_bodies)
+    manifest = copy.deepcopy(original)
+    manifest["bodies"]["files"][1]["size"] += 1
+    manifest["bodies"]["bytes"] += 1
+    write_manifest(with_bodies, manifest)
+    name = f"bodies/{sha(AS_DELIVERED)}.eml"
+    assert [(f.file, f.kind) for f in findings(with_bodies).findings] == [(name, "manifest")]
+    manifest = copy.deepcopy(original)
+    manifest["bodies"]["absent"][0]["sha256"] = "00" * 32  # a purged body swapped for one no event names
+    write_manifest(with_bodies, manifest)
+    details = [f.detail for f in findings(with_bodies).findings]
+    assert any(f"lists body {'00' * 32} as absent" in d for d in details)
+    assert any("neither in the bundle nor listed absent" in d for d in details)
+    manifest = copy.deepcopy(original)
+    manifest["bodies"] = False  # bodies/ then is not part of the export, nor are the files listed
+    write_manifest(with_bodies, manifest)
+    kinds = [(f.file, f.kind) for f in findings(with_bodies).findings]
+    assert ("manifest.json", "inserted") in kinds
+    assert sum(1 for k in kinds if k == ("manifest.json", "manifest")) == 2
+
+
+def test_a_link_or_a_directory_in_bodies_is_a_finding(with_bodies: Path, tmp_path: Path) -> None:
+    name = f"bodies/{sha(PRESCRIPTION)}.eml"
+    target = tmp_path / "elsewhere.eml"
+    target.write_bytes(PRESCRIPTION)
+    (with_bodies / name).unlink()
+    (with_bodies / name).symlink_to(target)
+    (with_bodies / "bodies" / "sub").mkdir()
+    report = findings(with_bodies)
+    assert [(f.file, f.kind) for f in report.findings] == [(name, "format"), ("bodies/sub", "inserted")]
+    assert "not a regular file" in report.findings[0].detail
+
+
+def test_a_bodies_directory_in_an_export_without_bodies_is_a_finding(bundle: Path) -> None:
+    (bundle / "bodies").mkdir()
+    (bundle / "bodies" / f"{SHA}.eml").write_bytes(b"x")
+    report = findings(bundle)
+    assert [(f.file, f.kind) for f in report.findings] == [("manifest.json", "inserted")]
+    assert "bodies" in report.findings[0].detail
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(replacement=_JSON, where=st.sampled_from(["bodies", "files", "absent", "entry"]))
+def test_random_bodies_sections_are_reported_not_raised(with_bodies: Path, replacement: Any, where: str) -> None:
+    original = manifest_of(with_bodies)
+    manifest = copy.deepcopy(original)
+    if where == "bodies":
+        manifest["bodies"] = replacement
+    elif where == "entry":
+        manifest["bodies"]["files"][0] = replacement
+    else:
+        manifest["bodies"][where] = replacement
+    if manifest == original:
+        return
+    try:
+        write_manifest(with_bodies, manifest)
+        assert not verify_export(with_bodies, KEY.public_key()).ok
+    finally:
+        write_manifest(with_bodies, original)
 
 
 # -- untrusted input: random changes never crash the verifiers, and never pass
