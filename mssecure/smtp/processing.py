@@ -44,7 +44,15 @@ from mssecure.smtp.events import Event, digest
 from mssecure.smtp.models import Delegation, Mailbox, PrescriptionDelivery, Tracking
 from mssecure.smtp.policy import EntryView, check_header_from, check_header_size
 from mssecure.smtp.queue import Claim, Outgoing
-from mssecure.xdm import PRESCRIPTION_ID_HEADER, XdmError, XdmPackage, find_xdm_parts, validate_package
+from mssecure.xdm import (
+    CODECDA_HEADER,
+    INS_HEADER,
+    PRESCRIPTION_ID_HEADER,
+    XdmError,
+    XdmPackage,
+    find_xdm_parts,
+    validate_package,
+)
 
 __all__ = ["Envelope", "Processor", "notice_sender"]
 
@@ -52,8 +60,12 @@ log = logging.getLogger("mssecure.relay")
 
 MAILER_DAEMON = "mailer-daemon"
 DUPLICATE_HEADER = "X-MSSecure-Prescription-Duplicate"
+# The MSSanté fields pharmacy software reads: shown outside the signature as the signed message has them (when it
+# has them: a client that signs only the body leaves them outside, where they stay as it wrote them).
+_MSS_FIELDS = (CODECDA_HEADER, INS_HEADER, PRESCRIPTION_ID_HEADER)
 _REPLACED_FIELDS = {"authentication-results", "return-path", "dkim-signature", DUPLICATE_HEADER.lower()}
 _MAY_CARRY_XDM = re.compile(rb"UEsDB|(?i:ihe_xdm)")  # base64 of a zip's first bytes, or the package's name
+_XDM_DIRECTORY = re.compile(rb"(?i)ihe_xdm/")  # a zip's entry names are stored uncompressed
 
 
 def xdm_packages(message: bytes) -> list[XdmPackage]:
@@ -63,6 +75,8 @@ def xdm_packages(message: bytes) -> list[XdmPackage]:
         return []
     packages = []
     for part in find_xdm_parts(message):
+        if part.found_by == "content type" and not _XDM_DIRECTORY.search(part.data):
+            continue  # an ordinary zip attachment, not a package
         try:
             packages.append(validate_package(part.data))
         except XdmError as error:
@@ -383,6 +397,10 @@ class Processor:
         subjects = mime.header_value(inner, "subject")
         if subjects and not mime.header_value(delivered, "subject"):
             delivered = mime.prepend(delivered, f"Subject: {subjects[0]}")
+        signed_fields = [f"{name}: {value}" for name in _MSS_FIELDS for value in mime.header_value(inner, name)]
+        if signed_fields:
+            delivered = mime.without_fields(delivered, {f.lower() for f in _MSS_FIELDS})
+            delivered = mime.prepend(delivered, *signed_fields)
         delivered = mime.prepend(delivered, f"Return-Path: <{sender}>", header)
         ids = mime.header_value(inner, "message-id")
         message_id = ids[0] if ids else None

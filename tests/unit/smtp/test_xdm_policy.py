@@ -85,3 +85,16 @@ def test_two_packages_with_different_prescriptions_are_refused() -> None:
     with pytest.raises(Refused) as refused:
         prescription_id(data, xdm_packages(data))
     assert refused.value.reply == replies.PRESCRIPTION_CONFLICT
+
+
+def test_an_ordinary_zip_is_not_taken_for_a_package() -> None:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("notes.txt", "not a package")
+    assert xdm_packages(message((out.getvalue(), "application/zip", "notes.zip"))) == []
+    # Named IHE_XDM.ZIP, it claims to be one, and is refused.
+    with pytest.raises(Refused):
+        xdm_packages(message((out.getvalue(), "application/zip", "IHE_XDM.ZIP")))
