@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import smtplib
 import socket
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ import click
 
 from mssecure.directory.identifiers import luhn_check_digit
 from mssecure.errors import MssecureError
+from mssecure.xdm import ins_key
 
 __all__ = ["demo"]
 
@@ -35,20 +35,15 @@ PHARMACY = f"pharmacie.du-marche@{PEER}"
 DOCTOR_RPPS = "1010001000" + luhn_check_digit("1010001000")
 PHARMACY_FINESS = "59000001" + luhn_check_digit("59000001")
 DEMO_PASSWORD = "demo password, not for production"  # noqa: S105 - the demo's invented doctor
-PRESCRIPTION_ID = f"<ordonnance-{secrets.token_hex(8)}@{DOMAIN}>"
-PRESCRIPTION = (
-    f"Message-ID: {PRESCRIPTION_ID}\r\n"
-    f"From: Dr Camille LEFEVRE <{DOCTOR}>\r\n"
-    f"To: Pharmacie du Marche <{PHARMACY}>\r\n"
-    "Subject: Ordonnance DUPONT Jean 01/02/1950\r\n"
-    f"Disposition-Notification-To: {DOCTOR}\r\n"
-    "Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true\r\n"
-    "MIME-Version: 1.0\r\n"
-    "Content-Type: text/plain; charset=utf-8\r\n"
-    "Content-Transfer-Encoding: 8bit\r\n"
-    "\r\n"
-    "Amoxicilline 1 g : un comprimé trois fois par jour pendant 7 jours.\r\n"
-).encode()
+PATIENT_NIR = "1500275123456"  # invented; the INS is the NIR and its key
+PATIENT_INS = PATIENT_NIR + ins_key(PATIENT_NIR)
+# A one-page PDF, as the prescribing software would produce it (invented content).
+PRESCRIPTION_PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]/Contents 4 0 R>>endobj\n"
+    b"4 0 obj<</Length 62>>stream\nBT /F1 12 Tf 72 760 Td (Amoxicilline 1 g, 3 fois par jour, 7 jours) Tj ET\n"
+    b"endstream endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
 
 
 def _title(text: str) -> None:
@@ -253,22 +248,22 @@ def demo(workdir: Path | None, lines: int) -> None:
     _run(["certs", "issue", PHARMACY], peer_env)
     _exchange_bundles(workdir, (operator, env), (peer, peer_env))
 
-    _title("8. Both relays start (mssecure serve); the doctor's mail client submits the prescription")
+    _title("8. Both relays start (mssecure serve); the doctor sends an e-prescription (PDF + IHE XDM package)")
     password_file = workdir / "doctor.password"
     password_file.write_text(DEMO_PASSWORD + "\n", encoding="utf-8")
     _run(["directory", "set-password", DOCTOR, "--password-file", str(password_file)], env)
     relays = [_start(operator, env), _start(peer, peer_env)]
     try:
-        port = bases[0] + 587
-        click.secho(f"$ (mail client) STARTTLS + AUTH to 127.0.0.1:{port} as {DOCTOR}", fg="cyan")
-        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
-            context = ssl.create_default_context(cafile=operator / "data" / "pki" / "ca.crt")
-            context.check_hostname = False  # the demo connects to 127.0.0.1, the certificate names mail.<domain>
-            client.starttls(context=context)
-            client.login(DOCTOR, DEMO_PASSWORD)
-            client.sendmail(DOCTOR, [PHARMACY], PRESCRIPTION)
-        click.echo("  250: the relay signed it with the doctor's key, encrypted it to the pharmacy, DKIM-signed it,")
-        click.echo("  stored it durably, and is relaying it to pharma-sud over mutual TLS.")
+        pdf = workdir / "ordonnance.pdf"
+        pdf.write_bytes(PRESCRIPTION_PDF)
+        prescription = f"RX-{secrets.token_hex(6).upper()}"
+        _run(["send", "--from", DOCTOR, "--to", PHARMACY, "--attach", str(pdf), "--xdm", "--patient-ins", PATIENT_INS,
+              "--patient-name", "DUPONT Jean", "--birth-date", "1950-02-01", "--prescription-id", prescription,
+              "--body", "Ordonnance de Jean DUPONT ci-jointe.", "--request-mdn", "--final-delivery",
+              "--password-file", str(password_file)], env)  # fmt: skip
+        click.echo("  250: the relay checked the XDM package, signed the message with the doctor's key, encrypted it")
+        click.echo("  to the pharmacy, DKIM-signed it, stored it durably and archived it; it is relaying it to")
+        click.echo("  pharma-sud over mutual TLS.")
 
         _title("9. The pharmacy reads it over IMAP: decrypted, still signed, with the verified prescriber")
         delivered = _wait_for(peer / "data" / "mail" / PEER / "pharmacie.du-marche", 1)[0]
@@ -276,14 +271,19 @@ def demo(workdir: Path | None, lines: int) -> None:
         pharmacy_password.write_text(DEMO_PASSWORD + "\n", encoding="utf-8")
         _run(["directory", "set-password", PHARMACY, "--password-file", str(pharmacy_password)], peer_env)
         read = _read_over_imap(workdir, peer, peer_env, PHARMACY, DEMO_PASSWORD) or delivered.read_bytes()
-        for line in read.decode("utf-8", "replace").splitlines()[:8]:
+        for line in read.decode("utf-8", "replace").splitlines()[:12]:
             click.echo(f"    {line}")
-        _run(["smime", "verify", str(delivered)], peer_env)
+        message_id = next(line.split(":", 1)[1].strip() for line in read.decode("utf-8", "replace").splitlines()
+                          if line.lower().startswith("message-id:"))  # fmt: skip
+        click.echo("  The pharmacy's software checks it from the message alone: prescriber, documents, prescription:")
+        _run(["verify", str(delivered)], peer_env)
 
         _title("10. The doctor's mailbox: the pharmacy's acknowledgment (MDN, signed by the pharmacy)")
         mdn = _wait_for(operator / "data" / "mail" / DOMAIN / "camille.lefevre", 1)[0]
+        shown: set[str] = set()
         for line in mdn.read_text(encoding="utf-8").splitlines():
-            if line.startswith(("Subject:", "Disposition:", "Final-Recipient:", "\tsmime=")):
+            if line.startswith(("Subject:", "Disposition:", "Final-Recipient:", "\tsmime=")) and line not in shown:
+                shown.add(line)  # the subject is both outside and inside the signature
                 click.echo(f"    {line}")
         _run(["queue", "list"], env)
     finally:
@@ -293,14 +293,14 @@ def demo(workdir: Path | None, lines: int) -> None:
             relay.wait(timeout=30)
 
     _title("11. The archives prove it: every decision hash-chained, checkpoints signed when the relays stopped")
-    _run(["archive", "show", PRESCRIPTION_ID], env)
+    _run(["archive", "show", message_id], env)
     _run(["archive", "verify"], env)
     sent = workdir / "evidence-sent.json"
-    _run(["archive", "evidence", PRESCRIPTION_ID, "--out", str(sent)], env)
+    _run(["archive", "evidence", message_id, "--out", str(sent)], env)
     click.echo("  An auditor checks it with nothing but the file and chu-nord's archive public key:")
     _run(["archive", "verify-evidence", str(sent), "--operator-key", str(operator / "data" / "archive.pub")], env)
     received = workdir / "evidence-received.json"
-    _run(["archive", "evidence", PRESCRIPTION_ID, "--out", str(received)], peer_env)
+    _run(["archive", "evidence", message_id, "--out", str(received)], peer_env)
     click.echo("  And the pharmacy's operator proves the receipt with its own key:")
     _run(["archive", "verify-evidence", str(received), "--operator-key", str(peer / "data" / "archive.pub")],
          peer_env)  # fmt: skip

@@ -371,6 +371,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, request: pytest.FixtureRequest) ->
     pharmacy = tmp_path / "demo" / "pharma-sud" / "data" / "mail" / "pharma-sud.mssante.test" / "pharmacie.du-marche"
     (delivered,) = list((pharmacy / "new").iterdir())
     assert b"smime=pass body.smime-identifier=" + DOCTOR.encode() in delivered.read_bytes()
+    assert b"IHE_XDM.ZIP" in delivered.read_bytes()  # sent with `mssecure send --xdm`
+    peer_config = tmp_path / "demo" / "pharma-sud" / "mssecure.toml"
+    verified = CliRunner().invoke(main, ["--config", str(peer_config), "verify", str(delivered), "--json"])
+    assert verified.exit_code == 0, verified.output
     doctor = tmp_path / "demo" / "chu-nord" / "data" / "mail" / "chu-nord.mssante.test" / "camille.lefevre"
     (mdn,) = list((doctor / "new").iterdir())
     assert b"MDN-sent-automatically; dispatched" in mdn.read_bytes()
