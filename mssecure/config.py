@@ -191,6 +191,12 @@ def _check_positive(value: int) -> int:
     return value
 
 
+def _check_non_negative(value: int) -> int:
+    if value < 0:
+        _raise("must be 0 or more")
+    return value
+
+
 def _check_endpoint(value: str) -> str:
     if value and not re.fullmatch(r"[A-Za-z0-9.-]+:\d{1,5}", value):
         raise ValueError("must be host:port")
@@ -236,6 +242,13 @@ class SmtpConfig:
         example="",
         check=_check_endpoint,
         default="",
+    )
+    workers: int = _setting(
+        "Relay processes sharing the listeners and the queue (0: one per CPU core). Each runs its own event loop; "
+        "the parent opens the ports, prepares the spool and restarts a worker that dies.",
+        example=1,
+        check=_check_non_negative,
+        default=1,
     )
     max_message_size: int = _setting(
         "Largest message accepted, in bytes (advertised with SIZE, RFC 1870).",
@@ -317,12 +330,6 @@ class DeliveryConfig:
         example=True,
         default=True,
     )
-
-
-def _check_non_negative(value: int) -> int:
-    if value < 0:
-        _raise("must be 0 or more")
-    return value
 
 
 @dataclass(frozen=True)

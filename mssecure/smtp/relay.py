@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,8 +53,14 @@ class Relay:
         clock: Callable[[], datetime] = utcnow,
         poll: float = 1.0,
         trust_refresh: float = 5.0,
+        worker: int = 0,
+        sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
+        """``worker``: this process's number among the relay's workers (worker 0 alone does the housekeeping);
+        ``sockets``: listening sockets opened by the parent of the workers (``serve --workers``), else its own."""
         self.config = config
+        self.worker_number = worker
+        self.sockets = dict(sockets) if sockets is not None else None
         self.clock = clock
         self.poll = poll
         self.trust_refresh = trust_refresh
@@ -66,8 +73,36 @@ class Relay:
         self._trust_key: tuple[str, ...] | None = None
         self._inbound_context: ssl.SSLContext | None = None
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """What one process does before any worker starts: the DSN identity, the archive store key, the spool files
+        a crash left without a row, the CRL. (A worker removing "orphans" while another writes would lose mail.)"""
+        engine = make_engine(self.config.database_url)
+        try:
+            check_schema(engine)
+            sessions = make_sessionmaker(engine)
+            material = OperatorMaterial(self.config)
+            processor = Processor(self.config, sessions, material, clock=self.clock)
+            spool = Spool(self.config.data_dir / "spool")
+            spool.ensure()
+            queue = Queue(sessions, spool, retry_schedule=self.config.delivery.retry_schedule,
+                          max_lifetime=self.config.delivery.max_lifetime, clock=self.clock)  # fmt: skip
+            await asyncio.to_thread(processor.ensure_notice_identity)
+            if self.config.archive.store_messages:
+                await asyncio.to_thread(ensure_store_key, material.keystore)
+            orphans = await asyncio.to_thread(queue.remove_orphans)
+            if orphans:
+                log.warning("removed %d spool file(s) without a queue entry (a crash before 250)", len(orphans))
+            self.sessions, self.material = sessions, material
+            await asyncio.to_thread(self._housekeeping)
+        finally:
+            engine.dispose()
+
+    async def start(self, *, prepare: bool = True) -> None:
+        """Open the database and the listeners and start delivering; ``prepare=False`` in a worker whose parent
+        ran ``prepare`` already."""
         config = self.config
+        if prepare:
+            await self.prepare()
         # aiosmtpd logs addresses at INFO and message lines at DEBUG under "mail.log": whoever runs the relay, those
         # never reach the log (our own events say what happened, without content).
         aiosmtpd_log = logging.getLogger("mail.log")
@@ -105,11 +140,6 @@ class Relay:
         self.queue = Queue(sessions, spool, retry_schedule=config.delivery.retry_schedule,
                            max_lifetime=config.delivery.max_lifetime, clock=self.clock,
                            journal=self.events)  # fmt: skip
-        await asyncio.to_thread(self.processor.ensure_notice_identity)
-        orphans = await asyncio.to_thread(self.queue.remove_orphans)
-        if orphans:
-            log.warning("removed %d spool file(s) without a queue entry (a crash before 250)", len(orphans))
-        await asyncio.to_thread(self._housekeeping)
         self.worker = DeliveryWorker(
             queue=self.queue, processor=self.processor, maildirs=Maildirs(config.maildir), material=self.material,
             sessions=sessions, events=self.events, clock=self.clock,
@@ -135,8 +165,11 @@ class Relay:
         for name, port, factory, tls in listeners:
             if port == 0:
                 continue  # disabled
-            server = await loop.create_server(factory, host=config.smtp.listen, port=port, ssl=tls,
-                                              reuse_address=True)  # fmt: skip
+            if self.sockets is not None:
+                server = await loop.create_server(factory, sock=self.sockets[name], ssl=tls)
+            else:
+                server = await loop.create_server(factory, host=config.smtp.listen, port=port, ssl=tls,
+                                                  reuse_address=True)  # fmt: skip
             self._servers.append(server)
             self.ports[name] = server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self.worker.run(self._stop, poll=self.poll)))
@@ -175,7 +208,8 @@ class Relay:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.trust_refresh)
             try:
                 await asyncio.to_thread(self._refresh_trust)
-                await asyncio.to_thread(self._housekeeping)
+                if self.worker_number == 0:
+                    await asyncio.to_thread(self._housekeeping)
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -122,13 +122,14 @@ class RelayOperator:
 
     # The relay process
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, *, workers: int | None = None) -> None:
         assert self.process is None
         env = {**os.environ, **self.env}
+        command = [sys.executable, "-m", "mssecure", "serve"]
+        if workers is not None:
+            command += ["--workers", str(workers)]
         with self.log.open("ab") as stream:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mssecure", "serve"], env=env, stdout=stream, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
