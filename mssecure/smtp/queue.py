@@ -216,6 +216,10 @@ class Queue:
             )
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
+            else:
+                # SQLite: take the database's write lock before reading (a write statement, even one that matches
+                # nothing, begins the transaction as a writer), so that two workers never read the same due rows.
+                session.execute(sa.update(QueuedRecipient).where(sa.false()).values(state=QueuedRecipient.state))
             rows = list(session.scalars(query))
             by_message: dict[str, list[QueuedRecipient]] = {}
             for row in rows:

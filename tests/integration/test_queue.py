@@ -148,3 +148,41 @@ def test_maildir_delivery_is_idempotent(tmp_path: Path) -> None:
 def test_maildir_refuses_paths_outside_the_root(tmp_path: Path, address: str) -> None:
     with pytest.raises(ValueError, match="cannot make a mailbox path"):
         Maildirs(tmp_path).path(address)
+
+
+def test_concurrent_claimers_never_claim_the_same_recipient(
+    engine: Engine, database_url: str, tmp_path: Path, clock: Clock
+) -> None:
+    """Relay workers claim from one queue at once (each its own connection): every recipient is claimed once."""
+    import threading
+
+    from mssecure.db import make_engine
+
+    spool = Spool(tmp_path / "spool")
+    Queue(make_sessionmaker(engine), spool, retry_schedule=(60,), max_lifetime=3600, clock=clock).enqueue(
+        [item(recipients=tuple(f"r{i}-{j}@x.test" for j in range(3))) for i in range(120)]
+    )
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        own = make_engine(database_url)
+        queue = Queue(make_sessionmaker(own), spool, retry_schedule=(60,), max_lifetime=3600, clock=clock)
+        try:
+            start.wait()
+            while batch := queue.claim(limit=5):
+                claimed.extend(rid for claim in batch for rid, _ in claim.recipients)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert len(claimed) == 360
+    assert len(set(claimed)) == 360  # no recipient twice
