@@ -99,9 +99,11 @@ def _kept(paths: tuple[str, ...]) -> list[Checkpoint]:
 @click.option("--checkpoint", "kept", multiple=True, type=click.Path(dir_okay=False),
               help="A checkpoint kept outside the database (JSON of `archive checkpoint --json`, or a list of them): "
                    "it must still be there and be matched by the events. Repeatable.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=0), help="Processes verifying ranges side by side (default: one per "
+              "core, up to four; 0: this process alone).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_cli
-def verify(cli: CliContext, public_key: str | None, kept: tuple[str, ...], as_json: bool) -> None:
+def verify(cli: CliContext, public_key: str | None, kept: tuple[str, ...], workers: int | None, as_json: bool) -> None:
     """Recompute the hash chain and the Merkle tree, check every checkpoint signature with data/archive.pub.
 
     Exits 1 on any discrepancy, naming the first bad sequence number and what is wrong: edited, missing,
@@ -111,7 +113,7 @@ def verify(cli: CliContext, public_key: str | None, kept: tuple[str, ...], as_js
     checkpoints = _kept(kept)
     total = _archive(cli).size()
     with _progress(total) as progress:
-        report = verify_archive(cli.engine, key, progress=progress, kept=checkpoints)
+        report = verify_archive(cli.engine, key, progress=progress, kept=checkpoints, workers=workers)
     if as_json:
         echo_json(report.to_json())
     first = report.first
