@@ -222,7 +222,10 @@ class DeliveryWorker:
             if not client.supports_extension("starttls"):
                 raise aiosmtplib.SMTPException(f"{peer.hostname} does not offer STARTTLS")
             await client.starttls(server_hostname=peer.hostname, tls_context=context)
-            errors, reply = await client.sendmail(sender, recipients, data)
+            # The peer answers the final "." only once it has decrypted, verified and stored the message: RFC 5321
+            # §4.5.3.2.6 gives that 10 minutes. The connect timeout alone would cut large messages short, and the
+            # retry would send them again and again.
+            errors, reply = await client.sendmail(sender, recipients, data, timeout=DATA_TIMEOUT)
             return {a: (r.code, r.message) for a, r in errors.items()}, reply
         finally:
             try:
@@ -270,6 +273,8 @@ class DeliveryWorker:
             self.queue.enqueue(notices, lambda queue_ids: [replace(dsn, queue_id=",".join(queue_ids))])
         self.queue.bounced(ids, diagnostic, [bounced])
 
+
+DATA_TIMEOUT = 600  # seconds for the peer's reply to the end of DATA (RFC 5321 §4.5.3.2.6)
 
 _ENHANCED = re.compile(r"[45]\.[0-9]{1,3}\.[0-9]{1,3}")  # RFC 3463 §2: class.subject.detail
 
