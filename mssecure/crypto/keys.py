@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 import secrets
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,9 @@ def check_master_secret(value: bytes | str, origin: str) -> bytes:
     return text.encode("ascii")
 
 
+UNSEALED_KEPT = 4096  # private keys a keystore keeps loaded (a relay's signers and local recipients)
+
+
 class KeyStore:
     """The operator's private keys under ``data_dir/keys``, encrypted with the master secret."""
 
@@ -134,6 +140,8 @@ class KeyStore:
         self.environ = os.environ if environ is None else environ
         self._master: bytes | None = None
         self._cache: dict[str, Any] = {}
+        self._unsealed: OrderedDict[bytes, PrivateKeyTypes] = OrderedDict()  # SHA-256 of the sealed PEM → its key
+        self._unsealed_lock = threading.Lock()
 
     @property
     def master_file(self) -> Path:
@@ -208,10 +216,24 @@ class KeyStore:
         )
 
     def unseal(self, pem: bytes) -> PrivateKeyTypes:
+        """The key sealed in ``pem``. Kept (the last UNSEALED_KEPT of them) for this keystore's lifetime: loading an
+        RSA key checks it, about 90 ms of CPU, and the relay needs the same signers' and recipients' keys over and
+        over (a relay process holds the master secret anyway)."""
+        digest = hashlib.sha256(pem).digest()
+        with self._unsealed_lock:
+            key = self._unsealed.get(digest)
+            if key is not None:
+                self._unsealed.move_to_end(digest)
+                return key
         try:
-            return serialization.load_pem_private_key(pem, password=self.master_secret())
+            key = serialization.load_pem_private_key(pem, password=self.master_secret())
         except (ValueError, TypeError):
             raise KeyStoreError("a stored private key cannot be decrypted with this master secret") from None
+        with self._unsealed_lock:
+            self._unsealed[digest] = key
+            while len(self._unsealed) > UNSEALED_KEPT:
+                self._unsealed.popitem(last=False)
+        return key
 
     # -- named key files
 

@@ -75,6 +75,7 @@ class DeliveryWorker:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, tuple[int, ...]] = {}  # queue id → recipient ids claimed, whose lease is renewed
+        self._contexts: dict[str, ssl.SSLContext] = {}  # peer CA (PEM) → TLS client context with our certificate
 
     async def run(self, stop: asyncio.Event, *, poll: float = 1.0) -> None:
         renewing = asyncio.create_task(self._renew_leases(stop))
@@ -210,8 +211,11 @@ class DeliveryWorker:
     async def _send(
         self, peer: _Peer, sender: str, recipients: list[str], data: bytes
     ) -> tuple[dict[str, tuple[int, str]], str]:
-        anchors = [x509.load_pem_x509_certificate(peer.ca_pem.encode())]
-        context = await asyncio.to_thread(client_context, self.material, anchors)
+        context = self._contexts.get(peer.ca_pem)
+        if context is None:  # one per peer CA: building one decrypts our TLS key (a key derivation) every time
+            anchors = [x509.load_pem_x509_certificate(peer.ca_pem.encode())]
+            context = await asyncio.to_thread(client_context, self.material, anchors)
+            self._contexts[peer.ca_pem] = context
         client = aiosmtplib.SMTP(
             hostname=peer.host, port=peer.port, start_tls=False, timeout=self.connect_timeout,
             local_hostname=self.processor.hostname,
