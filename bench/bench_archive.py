@@ -226,17 +226,10 @@ def relay_queues(engine: sa.Engine, archive: Archive, spool: Spool) -> dict[str,
     def within(connection: sa.Connection, events: Sequence[Event]) -> None:
         archive.append_many(events, connection=connection)
 
-    def keep(connection: sa.Connection, event: Event) -> None:
-        assert event.body is not None
-        store.put(event.body, kind="delivered" if event.copy == "delivered" else "received",
-                  queue_id=event.queue_id or "", message_id=event.message_id,
-                  recipient=event.recipients[0] if len(event.recipients) == 1 else None,
-                  connection=connection)  # fmt: skip
-
     journals = {
         "no archive": Journal(),
         "events": Journal(transactional=within),
-        "events + copy": Journal(transactional=within, keep=keep),
+        "events + copy": Journal(transactional=within, keep=store.keep),
     }
     sessions = make_sessionmaker(engine)
     return {name: Queue(sessions, spool, retry_schedule=(300,), max_lifetime=86400, journal=journal)

@@ -64,6 +64,7 @@ from mssecure.crypto.keys import KeyStore, write_private_file
 from mssecure.crypto.pki import new_archive_store_key
 from mssecure.db import utcnow
 from mssecure.errors import KeyStoreError
+from mssecure.smtp.events import Event
 
 __all__ = [
     "KINDS",
@@ -325,6 +326,16 @@ class MessageStore:
             yield own
 
     # -- writing
+
+    def keep(self, connection: sa.Connection, event: Event) -> str | None:
+        """Store the bytes an event carries (``event.body``) as a copy of its kind, in ``connection``'s transaction:
+        the relay's journal does this for its acceptance and delivery events (``smtp.events.Journal``)."""
+        if event.body is None or event.copy is None:
+            return None
+        return self.put(event.body, kind="delivered" if event.copy == "delivered" else "received",
+                        queue_id=event.queue_id or "", message_id=event.message_id,
+                        recipient=event.recipients[0] if len(event.recipients) == 1 else None,
+                        connection=connection)  # fmt: skip
 
     def put(
         self,

@@ -120,19 +120,11 @@ class Relay:
             archive.append_many(events, connection=connection)
             writer.touched()
 
-        keep = None
+        store = None
         if config.archive.store_messages:
             store = MessageStore(self.engine, public_key=ensure_store_key(self.material.keystore).public_key(),
                                  clock=self.clock)  # fmt: skip
-
-            def keep(connection: sa.Connection, event: Event) -> None:
-                assert event.body is not None
-                store.put(event.body, kind="delivered" if event.copy == "delivered" else "received",
-                          queue_id=event.queue_id or "", message_id=event.message_id,
-                          recipient=event.recipients[0] if len(event.recipients) == 1 else None,
-                          connection=connection)  # fmt: skip
-
-        self.events = Journal(archive=writer, transactional=archive_within, keep=keep)
+        self.events = Journal(archive=writer, transactional=archive_within, keep=store.keep if store else None)
         self.processor = Processor(config, sessions, self.material, clock=self.clock)
         self.sessions = sessions
         spool = Spool(config.data_dir / "spool")
