@@ -111,7 +111,9 @@ class SecurePath:
         databases: tuple[str | None, str | None] = (None, None),
         senders: int = 2,
         recipients: int = 2,
+        workers: int | None = None,
     ) -> None:
+        self.workers = workers  # `serve --workers N` for both relays (None: the configuration's, 1)
         # The production defaults but two: a deferred delivery is retried after 1 s (not 60: the point would wait),
         # and ``connect_timeout`` (which aiosmtplib applies to every reply, the one after DATA included) is an option.
         delivery: dict[str, Any] = {"retry_schedule": [1], "connect_timeout": connect_timeout,
@@ -145,7 +147,7 @@ class SecurePath:
             # log, the previous one kept beside it.
             if operator.log.exists():
                 operator.log.rename(operator.log.with_name(f"serve-{self._starts - 1}.log"))
-            operator.start()
+            operator.start(workers=self.workers)
         assert self.a.process is not None
         assert self.b.process is not None
         return {"A": self.a.process.pid, "B": self.b.process.pid}
@@ -375,7 +377,8 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 raise SystemExit("--database postgresql: no PostgreSQL server binaries (apt-get install postgresql)")
             cluster = stack.enter_context(postgres_cluster(bindir))
             urls = (stack.enter_context(cluster.database()), stack.enter_context(cluster.database()))
-        systems.append(SecurePath(root / "mssecure", connect_timeout=args.connect_timeout, databases=urls))
+        systems.append(SecurePath(root / "mssecure", connect_timeout=args.connect_timeout, databases=urls,
+                                  workers=args.workers))  # fmt: skip
         results["mssecure"] = {"connect_timeout": args.connect_timeout, "retry_schedule": [1],
                                "database": args.database}  # fmt: skip
         problem = "--no-postfix" if args.no_postfix else postfix_problem()
@@ -537,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="mssecure's [delivery] connect_timeout (default: the production default)")  # fmt: skip
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the operators' database (postgresql: a throwaway local cluster, fsync=off)")  # fmt: skip
+    parser.add_argument("--workers", type=int, help="relay processes per mssecure operator (serve --workers N)")
     parser.add_argument("--tmp", type=Path, default=None, help="where the operators and queues live (a disk)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, Maildirs)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay.json")
