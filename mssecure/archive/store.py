@@ -335,7 +335,7 @@ class MessageStore:
         return self.put(event.body, kind="delivered" if event.copy == "delivered" else "received",
                         queue_id=event.queue_id or "", message_id=event.message_id,
                         recipient=event.recipients[0] if len(event.recipients) == 1 else None,
-                        connection=connection)  # fmt: skip
+                        connection=connection, sha256=event.sha256)  # fmt: skip
 
     def put(
         self,
@@ -346,18 +346,21 @@ class MessageStore:
         message_id: str | None,
         recipient: str | None = None,
         connection: sa.Connection | None = None,
+        sha256: str | None = None,
     ) -> str:
         """Store ``data`` as a message ``kind`` (received, delivered); returns its SHA-256 (hex).
 
         ``connection``: an open connection whose transaction the storage joins (the relay stores a message in
         the transaction that queues it); otherwise the store commits on its own. Bytes already stored are not
         sealed again: only a copy row is added. Bytes stored again after their purge are sealed again.
+        ``sha256``: the caller's hash of ``data`` when it has one (the relay's events carry it), saving a pass over
+        a large message; a wrong one cannot go unseen: ``get`` checks the decrypted bytes against their address.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown kind of stored message: {kind!r}")
         if self.public_key is None:
             raise ArchiveError("no archive store public key to seal messages with")
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
         at = self.clock()
         sealed: _Sealed | None = None
         with self._connection(connection) as conn:

@@ -27,7 +27,7 @@ from mssecure.crypto.authority import OperatorMaterial
 from mssecure.crypto.models import TrustedOperator
 from mssecure.db import utcnow
 from mssecure.errors import QueueError
-from mssecure.smtp.events import Event, EventSink, digest
+from mssecure.smtp.events import Event, EventSink
 from mssecure.smtp.maildir import Maildirs
 from mssecure.smtp.notifications import FailedRecipient
 from mssecure.smtp.processing import Processor
@@ -152,11 +152,11 @@ class DeliveryWorker:
 
     async def _deliver_local(self, claim: Claim) -> None:
         data = await asyncio.to_thread(self.queue.spool.read, claim.queue_id)
-        sha256 = await asyncio.to_thread(digest, data)
         for recipient_id, address in claim.recipients:
             path, _ = await asyncio.to_thread(self.maildirs.deliver, address, data, f"{claim.queue_id}.{recipient_id}")
             followers = await asyncio.to_thread(self.processor.dispatched, claim, address, data)
-            delivered = self._event(claim, "delivered", "ok", (address,), sha256=sha256, reason=f"maildir {path.name}",
+            delivered = self._event(claim, "delivered", "ok", (address,), sha256=claim.sha256,
+                                    reason=f"maildir {path.name}",
                                     body=data, copy="delivered")  # fmt: skip
             await asyncio.to_thread(self._finish_local, claim, recipient_id, address, followers, delivered)
         self.wake.set()
@@ -200,10 +200,9 @@ class DeliveryWorker:
             return
         accepted = [a for a in ids if a not in refused]
         if accepted:
-            sha256 = await asyncio.to_thread(digest, data)
-            relayed = self._event(claim, "relayed", "ok", accepted, sha256=sha256, peer=f"{peer.host}:{peer.port}",
-                                  reason=f"to {peer.hostname} over mutual TLS", reply=reply[:200], body=data,
-                                  copy="delivered")  # fmt: skip
+            relayed = self._event(claim, "relayed", "ok", accepted, sha256=claim.sha256, body=data, copy="delivered",
+                                  peer=f"{peer.host}:{peer.port}", reason=f"to {peer.hostname} over mutual TLS",
+                                  reply=reply[:200])  # fmt: skip
             await asyncio.to_thread(self.queue.delivered, [ids[a] for a in accepted], [relayed])
         for address, (code, message) in refused.items():
             await self._failed(claim, [address], code, f"{code} {message}", peer)

@@ -297,15 +297,17 @@ class Processor:
                 except (CertificateError, SignatureError) as exc:
                     raise Refused(replies.RECIPIENT_NO_CERTIFICATE, str(exc)) from None
             wire = self._dkim(wire, envelope.sender)
+            wire_sha256 = digest(wire)  # for the event and the queue row alike
             envelope.trail.append(
                 Event("encrypted", "ok", actor="relay", message_id=message_id, sender=envelope.sender,
-                      recipients=tuple(recipients), sha256=digest(wire),
+                      recipients=tuple(recipients), sha256=wire_sha256,
                       reason=f"for {domain}: S/MIME encrypted to each recipient's certificate, DKIM signed")
             )  # fmt: skip
             outgoing.append(
                 Outgoing(destination=domain, recipients=tuple(recipients), data=wire, origin="submission",
                          kind="message", sender=envelope.sender, actor=envelope.actor, message_id=message_id,
-                         disposition_to=request.disposition_to, final_delivery=request.final_delivery)
+                         disposition_to=request.disposition_to, final_delivery=request.final_delivery,
+                         sha256=wire_sha256)
             )  # fmt: skip
         return outgoing
 

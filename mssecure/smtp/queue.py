@@ -106,6 +106,7 @@ class Outgoing:
     message_id: str | None = None
     disposition_to: str | None = None
     final_delivery: bool = False
+    sha256: str | None = None  # of ``data``, when the caller computed it already (else the queue does)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Claim:
     expires_at: datetime
     recipients: tuple[tuple[int, str], ...]  # (recipient row id, address)
     attempts: int
+    sha256: str  # of the spooled bytes, computed when they were queued
 
 
 class Queue:
@@ -191,7 +193,7 @@ class Queue:
             sender=item.sender,
             actor=item.actor,
             message_id=item.message_id,
-            sha256=digest(item.data),
+            sha256=item.sha256 or digest(item.data),
             size=len(item.data),
             disposition_to=item.disposition_to,
             final_delivery=item.final_delivery,
@@ -252,6 +254,7 @@ class Queue:
                         expires_at=message.expires_at,
                         recipients=tuple((row.id, row.address) for row in recipients),
                         attempts=max(row.attempts for row in recipients),
+                        sha256=message.sha256,
                     )
                 )
         return claims

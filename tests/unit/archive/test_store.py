@@ -163,6 +163,17 @@ def test_bytes_sealed_under_another_hash_are_refused(store: MessageStore, engine
         store.get(sha256)
 
 
+def test_a_hash_given_by_the_caller_is_used_and_a_wrong_one_is_caught(store: MessageStore) -> None:
+    data = b"Subject: x\r\n\r\nprescription\r\n"
+    right = hashlib.sha256(data).hexdigest()
+    assert store.put(data, kind="received", queue_id="Q1", message_id=None, sha256=right) == right
+    assert store.get(right) == data
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    store.put(data, kind="received", queue_id="Q2", message_id=None, sha256=wrong)  # a caller's bug
+    with pytest.raises(ArchiveError, match=f"the stored copy of {wrong} fails its integrity check"):
+        store.get(wrong)
+
+
 def test_swapping_two_bodies_fails_the_integrity_check(store: MessageStore, engine: Engine) -> None:
     one = store.put(PRESCRIPTION, kind="received", queue_id="Q1", message_id=None)
     two = store.put(DELIVERED, kind="delivered", queue_id="Q1", message_id=None, recipient="a@b.test")
