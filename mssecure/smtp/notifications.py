@@ -37,6 +37,8 @@ from email.header import Header
 from email.utils import format_datetime, getaddresses
 from typing import Literal, get_args
 
+from mssecure.crypto.smime import canonical
+
 __all__ = [
     "FINAL_DELIVERY_OPTION",
     "Disposition",
@@ -444,10 +446,6 @@ def _field(name: str, value: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
-def _crlf(data: bytes) -> bytes:
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-
-
 def _needs_encoding(data: bytes) -> bool:
     """Whether CRLF ``data`` is not 7bit (RFC 2045 §2.7): 8-bit or control octets, or lines over 998 octets."""
     if re.search(rb"[^\t\r\n -~]", data):
@@ -493,7 +491,7 @@ def _text_part(text: str, description: str) -> bytes:
 
 def _headers_only(original: bytes) -> bytes:
     """The header block of ``original`` (CRLF, ending with CRLF), nothing after its first blank line, capped."""
-    data = _crlf(original)
+    data = canonical(original)
     if data.startswith(b"\r\n"):
         return b""
     end = data.find(b"\r\n\r\n")
@@ -539,7 +537,7 @@ def _report(header: bytes, report_type: str, parts: list[bytes]) -> bytes:
 def notification_request(message: bytes) -> NotificationRequest:
     """What ``message`` asks for (only its header is read). Several Disposition-Notification-To fields, or one
     with several mailboxes or an address that is not plain ASCII, count as no request (RFC 8098 §2.1)."""
-    split = _split(_crlf(message[: _MAX_HEAD + 4]))
+    split = _split(canonical(message[: _MAX_HEAD + 4]))
     if split is None:
         return NotificationRequest(None, False)
     fields = _fields(split[0])
@@ -572,7 +570,7 @@ def _final_delivery(fields: list[tuple[str, str]]) -> bool:
 def parse_notice(message: bytes) -> Notice | None:
     """The DSN or MDN ``message`` is, or None when it is not a well-formed ``multipart/report`` of report-type
     ``delivery-status`` (RFC 3464) or ``disposition-notification`` (RFC 8098). Never raises."""
-    split = _split(_crlf(message[:_MAX_SCAN]))
+    split = _split(canonical(message[:_MAX_SCAN]))
     if split is None:
         return None
     head, body = split
@@ -784,11 +782,11 @@ def _decoded(body: bytes, fields: list[tuple[str, str]]) -> bytes | None:
     encoding = (_first(fields, "content-transfer-encoding") or "").strip().lower()
     if encoding == "base64":
         try:
-            return _crlf(base64.b64decode(b"".join(body.split())))
+            return canonical(base64.b64decode(b"".join(body.split())))
         except binascii.Error:
             return None
     if encoding == "quoted-printable":
-        return _crlf(binascii.a2b_qp(body))
+        return canonical(binascii.a2b_qp(body))
     return body
 
 

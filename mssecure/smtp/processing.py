@@ -64,15 +64,14 @@ DUPLICATE_HEADER = "X-MSSecure-Prescription-Duplicate"
 # has them: a client that signs only the body leaves them outside, where they stay as it wrote them).
 _MSS_FIELDS = (CODECDA_HEADER, INS_HEADER, PRESCRIPTION_ID_HEADER)
 _REPLACED_FIELDS = {"authentication-results", "return-path", "dkim-signature", DUPLICATE_HEADER.lower()}
-_MAY_CARRY_XDM = re.compile(rb"UEsDB|(?i:ihe_xdm)")  # base64 of a zip's first bytes, or the package's name
 _XDM_DIRECTORY = re.compile(rb"(?i)ihe_xdm/")  # a zip's entry names are stored uncompressed
 
 
 def xdm_packages(message: bytes) -> list[XdmPackage]:
     """The valid XDM packages a message carries; ``Refused`` (with the reason) when one is not valid. Messages that
     cannot carry one (no zip, no IHE_XDM name anywhere) are not parsed."""
-    if not _MAY_CARRY_XDM.search(message):
-        return []
+    if b"UEsDB" not in message and b"ihe_xdm" not in message.lower():
+        return []  # neither the base64 of a zip's first bytes nor the package's name
     packages = []
     for part in find_xdm_parts(message):
         if part.found_by == "content type" and not _XDM_DIRECTORY.search(part.data):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dkim.canonicalization import Relaxed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mssecure.crypto.dkim import dkim_sign, dkim_verify, signature_domain
+from mssecure.crypto.dkim import dkim_sign, dkim_verify, relaxed_body, signature_domain
+from mssecure.errors import SignatureError
 
 MESSAGE = (
     b"From: Dr Camille LEFEVRE <camille.lefevre@chu-nord.mssante.test>\r\n"
@@ -63,3 +68,47 @@ def test_an_unknown_key_fails_without_dns() -> None:
 def test_an_unsigned_message() -> None:
     result = dkim_verify(MESSAGE, keys=KEYS)
     assert (result.valid, result.reason) == (False, "no DKIM signature")
+
+
+def test_a_base64_body_and_a_body_with_whitespace_both_verify_with_dkimpy() -> None:
+    base64_body = MESSAGE.replace(b"Amoxicilline 1 g.\r\n", b"QUJD\r\nREVG\r\n\r\n\r\n")
+    spaced = MESSAGE.replace(b"Amoxicilline 1 g.\r\n", b"Amoxicilline \t 1 g.  \r\n\r\n Posologie\r\n\r\n")
+    folded = MESSAGE.replace(b"Subject: Ordonnance", b"Subject: Ordonnance\r\n\tdu jour")
+    for message in (base64_body, spaced, folded, MESSAGE.replace(b"\r\n\r\nAmoxicilline 1 g.\r\n", b"\r\n\r\n")):
+        assert dkim_verify(signed(message), keys=KEYS).valid, message
+    # The trailing empty lines are not covered (RFC 6376 §3.4.4); any other change is.
+    assert dkim_verify(signed(base64_body) + b"\r\n", keys=KEYS).valid
+    assert not dkim_verify(signed(base64_body).replace(b"REVG", b"REVH"), keys=KEYS).valid
+    assert not dkim_verify(signed(spaced).replace(b" Posologie", b"Posologie"), keys=KEYS).valid
+
+
+def test_the_signed_fields_are_those_present_and_from_is_required() -> None:
+    head = signed().split(b"\r\n\r\n")[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+    tags = dict(p.strip().split(b"=", 1) for p in head.split(b"\r\n")[0].split(b":", 1)[1].split(b";"))
+    assert tags[b"h"].replace(b" ", b"").split(b":") == [b"from", b"to", b"subject", b"date", b"message-id"]
+    assert (tags[b"d"], tags[b"s"], tags[b"i"]) == (b"chu-nord.mssante.test", b"mssecure", b"@chu-nord.mssante.test")
+    with pytest.raises(SignatureError, match="no From"):
+        signed(MESSAGE.replace(b"From: Dr Camille LEFEVRE <camille.lefevre@chu-nord.mssante.test>\r\n", b""))
+
+
+def test_bare_line_ends_are_refused_rather_than_signed() -> None:
+    with pytest.raises(SignatureError, match="bare CR or LF"):
+        signed(MESSAGE.replace(b"\r\n", b"\n"))
+    assert dkim_verify(signed().replace(b"1 g.\r\n", b"1 g.\n"), keys=KEYS).reason == "bare CR or LF in the message"
+
+
+def test_the_same_message_and_time_give_the_same_signature() -> None:
+    first = dkim_sign(MESSAGE, domain="chu-nord.mssante.test", selector="mssecure", key=KEY, now=1_790_000_000)
+    again = dkim_sign(MESSAGE, domain="chu-nord.mssante.test", selector="mssecure", key=KEY, now=1_790_000_000)
+    assert first == again
+    assert b"t=1790000000" in first
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=8))
+def test_relaxed_body_is_dkimpys_on_crlf_bodies(lines: list[bytes]) -> None:
+    body = b"".join(line + b"\r\n" for line in lines)
+    for candidate in (body, body.rstrip(b"\r\n"), body + b"\r\n\r\n"):
+        if candidate.endswith(b"\r"):
+            continue
+        assert relaxed_body(candidate) == Relaxed.canonicalize_body(candidate)
