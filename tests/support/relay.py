@@ -128,13 +128,14 @@ class RelayOperator:
         command = [sys.executable, "-m", "mssecure", "serve"]
         if workers is not None:
             command += ["--workers", str(workers)]
+        start = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         with self.log.open("ab") as stream:  # the child keeps its own descriptor
             self.process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if b"ready (" in self.log.read_bytes():
+            if b"ready (" in self.log.read_bytes()[start:]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"serve did not start:\n{self.log.read_text()}")
