@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 from cryptography import x509
 
 from mssecure.config import Config
@@ -53,6 +53,10 @@ __all__ = ["InboundHandler", "RelaySMTP", "SubmissionHandler"]
 log = logging.getLogger("mssecure.relay")
 
 
+_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's replies, word for word
+_TOO_MUCH = "552 Error: Too much mail data"
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's server with asynchronous credential checks and certificate-based authentication."""
 
@@ -72,6 +76,93 @@ class RelaySMTP(SMTP):
             return None
         der = ssl_object.getpeercert(binary_form=True)
         return bytes(der) if der else None
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the message read in blocks instead of line by line: an ``await``, a debug log call
+        and a ``bytearray`` per line cost more CPU than the S/MIME of a 60 KB prescription. Same replies and
+        order: 503 without RCPT, 501 with an argument, then once the data is drained (RFC 5321 §4.2.5) 500 for a
+        line over ``line_length_limit`` or 552 over ``data_size_limit``, whichever came first."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, problem = await self._read_data()
+        except asyncio.CancelledError:  # the connection was lost during DATA
+            self._writer.close()
+            raise
+        if problem is not None:
+            await self.push(problem)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """(message without the dot-stuffing of RFC 5321 §4.5.2, problem reply or None) up to the line ".".
+
+        Blocks end at each ".<CRLF>" (``readuntil``) or where the reader's buffer is full (its limit error says how
+        much is safe to take: never part of a ".<CRLF>"); a ".<CRLF>" ends the data when it starts the data or
+        follows a CRLF. Lines are CRLF-separated as aiosmtpd splits them (a bare LF is inside a line)."""
+        parts: list[bytes] = []
+        size, seen, tail, line = 0, 0, b"", b""  # tail: the last 2 bytes read; line: the unfinished line
+        problem: str | None = None
+        while True:
+            try:
+                chunk = await self._reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as exc:
+                chunk = await self._reader.readexactly(exc.consumed)
+            preceding = chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk[:-3])[-2:]
+            done = chunk.endswith(b".\r\n") and ((seen == 0 and len(chunk) == 3) or preceding == b"\r\n")
+            seen, tail = seen + len(chunk), (tail + chunk)[-2:]
+            if problem is None:  # else the data is only drained
+                piece = chunk[:-3] if done else chunk
+                text = line + piece
+                lines = text.split(b"\r\n")
+                line = lines.pop()
+                complete = len(text) - len(line)
+                if (max(map(len, lines), default=0) + 2 > self.line_length_limit
+                        or len(line) > self.line_length_limit
+                        or (self.data_size_limit and size + complete > self.data_size_limit)):  # fmt: skip
+                    problem = self._first_problem(size, lines, line)
+                size += complete
+                parts.append(piece)
+                if problem is not None:
+                    parts.clear()
+            if done:
+                break
+        if problem is not None:
+            return b"", problem
+        content = b"".join(parts)
+        parts.clear()
+        if content.startswith(b"."):
+            content = content[1:]
+        if b"\r\n." in content:
+            content = content.replace(b"\r\n.", b"\r\n")
+        return content, None
+
+    def _first_problem(self, size: int, lines: list[bytes], unfinished: bytes) -> str | None:
+        """Which limit aiosmtpd would report for these lines, in its order: a line longer than the reader's limit
+        before its CRLF (it never sees it whole), else the total size, else the line with its CRLF."""
+        limit = self.line_length_limit
+        for line in lines:
+            if len(line) > limit:
+                return _TOO_LONG
+            size += len(line) + 2
+            if self.data_size_limit and size > self.data_size_limit:
+                return _TOO_MUCH
+            if len(line) + 2 > limit:
+                return _TOO_LONG
+        return _TOO_LONG if len(unfinished) > limit else None
 
     @property
     def has_tls(self) -> bool:
