@@ -365,7 +365,13 @@ def _load_embedded(choice: Any) -> _Cert | None:
 
 
 def _wrap(certificate: x509.Certificate) -> _Cert:
-    der = certificate.public_bytes(Encoding.DER)
+    return _wrap_der(certificate.public_bytes(Encoding.DER))
+
+
+@functools.lru_cache(maxsize=1024)
+def _wrap_der(der: bytes) -> _Cert:
+    """The same certificates come with every message (the signer's, its CA, the anchors): parsed once each."""
+    certificate = x509.load_der_x509_certificate(der)
     try:
         parsed = asn1_x509.Certificate.load(der)
         tbs = parsed["tbs_certificate"]

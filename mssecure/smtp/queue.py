@@ -294,7 +294,7 @@ class Queue:
                 .where(QueuedRecipient.id.in_(recipient_ids))
                 .values(state=state, last_error=error, updated_at=now)
             )
-            self._drop_finished(session)
+            self._drop_finished(session, recipient_ids)
             self._record(session, events)
         self._logged(events)
 
@@ -318,16 +318,15 @@ class Queue:
         self._logged(events)
         return when
 
-    def _drop_finished(self, session: Session) -> None:
-        """Remove the messages whose every recipient is finished (their spool files too)."""
-        pending = sa.select(QueuedRecipient.queue_id).where(QueuedRecipient.state.in_(PENDING_STATES))
-        done = list(
-            session.scalars(
-                sa.select(QueuedMessage.id)
-                .where(QueuedMessage.id.in_(sa.select(QueuedRecipient.queue_id).distinct()))
-                .where(QueuedMessage.id.not_in(pending))
-            )
+    def _drop_finished(self, session: Session, recipient_ids: Sequence[int]) -> None:
+        """Remove the messages of these recipients whose every recipient is finished (their spool files too): the
+        messages concerned only, not the whole queue (which grows with the load)."""
+        touched = sa.select(QueuedRecipient.queue_id).where(QueuedRecipient.id.in_(recipient_ids)).distinct()
+        pending = sa.select(QueuedRecipient.queue_id).where(
+            QueuedRecipient.queue_id.in_(touched), QueuedRecipient.state.in_(PENDING_STATES)
         )
+        done = list(session.scalars(sa.select(QueuedMessage.id).where(QueuedMessage.id.in_(touched),
+                                                                       QueuedMessage.id.not_in(pending))))  # fmt: skip
         if done:
             session.execute(sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id.in_(done)))
             session.execute(sa.delete(QueuedMessage).where(QueuedMessage.id.in_(done)))

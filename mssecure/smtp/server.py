@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -449,6 +450,27 @@ class SubmissionHandler(_Handler):
 class InboundHandler(_Handler):
     kind = "inbound"
     recipient_check = staticmethod(check_inbound_recipient)
+    VERDICT_SECONDS = 60.0  # how long a checked relay certificate is taken as checked (same CA, CRL, host name)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (certificate, CA, CRL, host name) → (until, problems): path validation cost more than the message's
+        # DKIM; the operators are still read for every MAIL, so a peer leaving the trust space is refused at once
+        # and a new CRL is checked at once.
+        self._verdicts: dict[tuple[bytes, str, bytes | None, str], tuple[float, tuple[str, ...]]] = {}
+
+    def _relay_problems(self, der: bytes, certificate: x509.Certificate, operator: TrustedOperator,
+                        ca: x509.Certificate, now: datetime) -> tuple[str, ...]:  # fmt: skip
+        key = (der, operator.ca_pem, operator.crl_der, operator.hostname)
+        found = self._verdicts.get(key)
+        if found is not None and found[0] > time.monotonic():
+            return found[1]
+        crls = [x509.load_der_x509_crl(operator.crl_der)] if operator.crl_der else []
+        problems = relay_certificate_problems(certificate, operator.hostname, [ca], role="client", at=now, crls=crls)
+        if len(self._verdicts) >= 256:
+            self._verdicts.clear()
+        self._verdicts[key] = (time.monotonic() + self.VERDICT_SECONDS, problems)
+        return problems
 
     def _peer_operator(self, der: bytes | None) -> TrustedOperator | None:
         """The trusted operator whose relay certificate ``der`` is (chain, validity, clientAuth, its relay host
@@ -465,10 +487,7 @@ class InboundHandler(_Handler):
                 ca = x509.load_pem_x509_certificate(operator.ca_pem.encode())
                 if certificate.issuer != ca.subject:
                     continue
-                crls = [x509.load_der_x509_crl(operator.crl_der)] if operator.crl_der else []
-                problems = relay_certificate_problems(
-                    certificate, operator.hostname, [ca], role="client", at=now, crls=crls
-                )
+                problems = self._relay_problems(der, certificate, operator, ca, now)
                 if problems:
                     log.info("client certificate refused for %s: %s", operator.domain, "; ".join(problems))
                     continue
