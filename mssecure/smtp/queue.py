@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -24,6 +25,9 @@ from mssecure.db import utcnow
 from mssecure.errors import QueueError
 from mssecure.smtp.events import Event, Journal, digest
 from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
+
+_INSERT_MESSAGE = sa.insert(QueuedMessage)  # executed on the connection: plain Core inserts
+_INSERT_RECIPIENT = sa.insert(QueuedRecipient)
 
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
 
@@ -171,11 +175,12 @@ class Queue:
             for queue_id, item in zip(ids, items, strict=True):
                 self.spool.write(queue_id, item.data)
             with self.sessions.begin() as session:
-                for queue_id, item in zip(ids, items, strict=True):
-                    session.add(self._row(queue_id, item, now))
+                messages, recipients = self._rows(ids, items, now)
+                connection = session.connection()
+                connection.execute(_INSERT_MESSAGE, messages)
+                connection.execute(_INSERT_RECIPIENT, recipients)
                 if events is not None:
                     recorded = events(ids)
-                    session.flush()
                     self._record(session, recorded)
         except BaseException:
             for queue_id in ids:
@@ -184,26 +189,26 @@ class Queue:
         self._logged(recorded)
         return ids
 
-    def _row(self, queue_id: str, item: Outgoing, now: datetime) -> QueuedMessage:
-        return QueuedMessage(
-            id=queue_id,
-            origin=item.origin,
-            kind=item.kind,
-            destination=item.destination,
-            sender=item.sender,
-            actor=item.actor,
-            message_id=item.message_id,
-            sha256=item.sha256 or digest(item.data),
-            size=len(item.data),
-            disposition_to=item.disposition_to,
-            final_delivery=item.final_delivery,
-            created_at=now,
-            expires_at=now + timedelta(seconds=self.max_lifetime),
-            recipients=[
-                QueuedRecipient(address=r, state="queued", attempts=0, next_attempt_at=now, updated_at=now)
-                for r in item.recipients
-            ],
-        )
+    def _rows(
+        self, ids: Sequence[str], items: Sequence[Outgoing], now: datetime
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The queue rows of new items, for two plain inserts (the ORM's unit of work cost more than both)."""
+        expires = now + timedelta(seconds=self.max_lifetime)
+        messages = [
+            {"id": queue_id, "origin": item.origin, "kind": item.kind, "destination": item.destination,
+             "sender": item.sender, "actor": item.actor, "message_id": item.message_id,
+             "sha256": item.sha256 or digest(item.data), "size": len(item.data),
+             "disposition_to": item.disposition_to, "final_delivery": item.final_delivery, "created_at": now,
+             "expires_at": expires}
+            for queue_id, item in zip(ids, items, strict=True)
+        ]  # fmt: skip
+        recipients = [
+            {"queue_id": queue_id, "address": address, "state": "queued", "attempts": 0, "next_attempt_at": now,
+             "last_error": None, "updated_at": now}
+            for queue_id, item in zip(ids, items, strict=True)
+            for address in item.recipients
+        ]  # fmt: skip
+        return messages, recipients
 
     def claim(self, *, limit: int = 50, lease: int = LEASE, destinations: set[str] | None = None) -> list[Claim]:
         """Claim the recipients due now (at most ``limit`` messages), leasing them for ``lease`` seconds (the worker

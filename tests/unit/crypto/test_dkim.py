@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -46,6 +47,66 @@ def test_sign_then_verify_with_a_bundle_key() -> None:
     assert signature_domain(message) == ("chu-nord.mssante.test", "mssecure")
     result = dkim_verify(message, keys=KEYS)
     assert (result.valid, result.domain, result.selector) == (True, "chu-nord.mssante.test", "mssecure")
+
+
+def dkimpy_signed(message: bytes = MESSAGE, **options: object) -> bytes:
+    pem = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())  # fmt: skip
+    header: bytes = dkim.sign(message, b"mssecure", b"chu-nord.mssante.test", pem, **options)  # type: ignore[arg-type]
+    return header + message
+
+
+def dkimpy_verifies(message: bytes) -> bool:
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        return KEYS.get(name.decode().rstrip("."), "").encode() or None
+
+    return bool(dkim.verify(message, dnsfunc=lookup))
+
+
+def test_dkimpy_verifies_what_we_sign() -> None:
+    spaced = MESSAGE.replace(b"Amoxicilline 1 g.\r\n", b"Amoxicilline \t 1 g.  \r\n\r\n")
+    for message in (MESSAGE, spaced, MESSAGE.replace(b"Amoxicilline 1 g.", b"QUJD")):
+        assert dkimpy_verifies(signed(message))
+        assert not dkimpy_verifies(signed(message).replace(b"Subject: Ordonnance", b"Subject: Autre"))
+
+
+@pytest.mark.parametrize("canonicalize", [(b"relaxed", b"relaxed"), (b"simple", b"simple"), (b"relaxed", b"simple")])
+@pytest.mark.parametrize("length", [False, True])
+def test_we_verify_what_dkimpy_signs(canonicalize: tuple[bytes, bytes], length: bool) -> None:
+    spaced = MESSAGE.replace(b"Amoxicilline 1 g.\r\n", b"Amoxicilline \t 1 g.  \r\n\r\n")
+    for message in (MESSAGE, spaced):
+        theirs = dkimpy_signed(message, canonicalize=canonicalize, length=length)
+        assert dkim_verify(theirs, keys=KEYS).valid
+        assert not dkim_verify(theirs.replace(b"1 g.", b"2 g."), keys=KEYS).valid
+        assert not dkim_verify(theirs.replace(b"To: pharmacie", b"To: autre"), keys=KEYS).valid
+    # l=: what follows the signed length is not covered (RFC 6376 §8.2), as dkimpy itself decides.
+    theirs = dkimpy_signed(MESSAGE, canonicalize=canonicalize, length=length)
+    assert dkim_verify(theirs + b"P.S.\r\n", keys=KEYS).valid == length == dkimpy_verifies(theirs + b"P.S.\r\n")
+
+
+def test_rsa_sha1_and_small_keys_are_refused() -> None:
+    sha1 = dkimpy_signed(signature_algorithm=b"rsa-sha1")
+    assert dkimpy_verifies(sha1)  # dkimpy would accept it
+    assert dkim_verify(sha1, keys=KEYS).reason == "algorithm rsa-sha1 is not accepted (rsa-sha256 only)"
+    small = rsa.RSAPublicNumbers(65537, (1 << 511) | 0xF1).public_key()  # a 512-bit modulus (no key pair needed)
+    der = small.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    small_record = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    result = dkim_verify(signed(), keys={"mssecure._domainkey.chu-nord.mssante.test": small_record})
+    assert (result.valid, result.reason) == (False, "public key too small: 512 bits")
+
+
+def test_malformed_signatures_are_refused_with_a_reason() -> None:
+    good = signed()
+    for broken in (
+        good.replace(b"a=rsa-sha256", b"a=rsa-sha999"),
+        good.replace(b"bh=", b"bh=!!"),
+        good.replace(b"c=relaxed/relaxed", b"c=odd/relaxed"),
+        good.replace(b"DKIM-Signature: v=1;", b"DKIM-Signature: v=1; v=2;"),
+        good.replace(b"s=mssecure", b"s=unknown"),
+    ):
+        result = dkim_verify(broken, keys=KEYS)
+        assert not result.valid
+        assert result.reason
 
 
 def test_relaxed_canonicalisation_tolerates_whitespace_changes_in_headers() -> None:
