@@ -172,10 +172,7 @@ class DeliveryWorker:
             except Exception:
                 log.exception("cannot claim from the queue")
                 claims = []
-            for claim in claims:
-                task = asyncio.create_task(self._guarded(claim))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self.hand(claims)
             if claims:
                 continue
             self.wake.clear()
@@ -183,6 +180,13 @@ class DeliveryWorker:
                 await asyncio.wait_for(self.wake.wait(), timeout=poll)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def hand(self, claims: Sequence[Claim]) -> None:
+        """Deliver claims made in this process (the SMTP handlers claim what they queue: ``Queue.accept``)."""
+        for claim in claims:
+            task = asyncio.create_task(self._guarded(claim))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _guarded(self, claim: Claim) -> None:
         self._in_flight[claim.queue_id] = tuple(rid for rid, _ in claim.recipients)

@@ -14,6 +14,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Protocol
 
+from mssecure.crypto.smime import is_canonical
 from mssecure.errors import Refused
 from mssecure.smtp import replies
 
@@ -122,8 +123,8 @@ _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 def check_bare_line_endings(data: bytes) -> None:
     """RFC 5321 §2.3.8: CR and LF only as a CRLF pair. A bare one is how SMTP smuggling (CVE-2023-51764 class)
     hides a second message; refuse it rather than repair it."""
-    if data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n"):
-        return  # every CR and every LF is in a CRLF pair (a linear scan in C: large messages stay cheap)
+    if is_canonical(data):
+        return  # every CR and every LF is in a CRLF pair (linear scans in C: large messages stay cheap)
     found = _BARE.search(data)
     if found is not None:
         which = "CR" if data[found.start() : found.start() + 1] == b"\r" else "LF"

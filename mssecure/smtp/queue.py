@@ -28,6 +28,7 @@ from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
 
 _INSERT_MESSAGE = sa.insert(QueuedMessage)  # executed on the connection: plain Core inserts
 _INSERT_RECIPIENT = sa.insert(QueuedRecipient)
+_INSERT_RECIPIENT_RETURNING = _INSERT_RECIPIENT.returning(QueuedRecipient.id, sort_by_parameter_order=True)
 
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
 
@@ -167,18 +168,40 @@ class Queue:
         ``events``, given the new queue ids, returns the events archived in that same transaction (the acceptance
         of the message). All or nothing: when the commit fails, the files are removed and the caller answers 4xx.
         """
+        return self._enqueue(items, events, lease=None)[0]
+
+    def accept(
+        self,
+        items: Sequence[Outgoing],
+        events: Callable[[list[str]], Sequence[Event]] | None = None,
+        *,
+        lease: int = LEASE,
+    ) -> tuple[list[str], list[Claim]]:
+        """``enqueue``, the new recipients claimed in the same transaction: the relay hands the claims to its own
+        delivery worker, which starts at once instead of claiming them in a transaction of its own (one commit,
+        one fsync less per message). A crash leaves them to the next claim once the lease ends, as any claim."""
+        return self._enqueue(items, events, lease=lease)
+
+    def _enqueue(
+        self, items: Sequence[Outgoing], events: Callable[[list[str]], Sequence[Event]] | None, *, lease: int | None
+    ) -> tuple[list[str], list[Claim]]:
         now = self.clock()
         ids = [new_queue_id() for _ in items]
         recorded: Sequence[Event] = ()
+        claims: list[Claim] = []
         self.spool.ensure()
         try:
             for queue_id, item in zip(ids, items, strict=True):
                 self.spool.write(queue_id, item.data)
             with self.sessions.begin() as session:
-                messages, recipients = self._rows(ids, items, now)
+                messages, recipients = self._rows(ids, items, now, lease)
                 connection = session.connection()
                 connection.execute(_INSERT_MESSAGE, messages)
-                connection.execute(_INSERT_RECIPIENT, recipients)
+                if lease is None:
+                    connection.execute(_INSERT_RECIPIENT, recipients)
+                else:
+                    rows = connection.execute(_INSERT_RECIPIENT_RETURNING, recipients).all()
+                    claims = self._claims(messages, recipients, [row.id for row in rows])
                 if events is not None:
                     recorded = events(ids)
                     self._record(session, recorded)
@@ -187,12 +210,13 @@ class Queue:
                 self.spool.remove(queue_id)
             raise
         self._logged(recorded)
-        return ids
+        return ids, claims
 
     def _rows(
-        self, ids: Sequence[str], items: Sequence[Outgoing], now: datetime
+        self, ids: Sequence[str], items: Sequence[Outgoing], now: datetime, lease: int | None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The queue rows of new items, for two plain inserts (the ORM's unit of work cost more than both)."""
+        """The queue rows of new items, for two plain inserts (the ORM's unit of work cost more than both); with
+        ``lease``, the recipients are claimed already (the first attempt under way)."""
         expires = now + timedelta(seconds=self.max_lifetime)
         messages = [
             {"id": queue_id, "origin": item.origin, "kind": item.kind, "destination": item.destination,
@@ -202,13 +226,30 @@ class Queue:
              "expires_at": expires}
             for queue_id, item in zip(ids, items, strict=True)
         ]  # fmt: skip
+        state, attempts, due = (
+            ("queued", 0, now) if lease is None else ("delivering", 1, now + timedelta(seconds=lease))
+        )
         recipients = [
-            {"queue_id": queue_id, "address": address, "state": "queued", "attempts": 0, "next_attempt_at": now,
+            {"queue_id": queue_id, "address": address, "state": state, "attempts": attempts, "next_attempt_at": due,
              "last_error": None, "updated_at": now}
             for queue_id, item in zip(ids, items, strict=True)
             for address in item.recipients
         ]  # fmt: skip
         return messages, recipients
+
+    @staticmethod
+    def _claims(messages: list[dict[str, Any]], recipients: list[dict[str, Any]], ids: list[int]) -> list[Claim]:
+        claimed: dict[str, list[tuple[int, str]]] = {}
+        for row, recipient_id in zip(recipients, ids, strict=True):
+            claimed.setdefault(row["queue_id"], []).append((recipient_id, row["address"]))
+        return [
+            Claim(queue_id=m["id"], destination=m["destination"], sender=m["sender"], kind=m["kind"],
+                  origin=m["origin"], message_id=m["message_id"], disposition_to=m["disposition_to"],
+                  final_delivery=m["final_delivery"], created_at=m["created_at"], expires_at=m["expires_at"],
+                  recipients=tuple(claimed.get(m["id"], ())), attempts=1, sha256=m["sha256"])
+            for m in messages
+            if m["id"] in claimed
+        ]  # fmt: skip
 
     def claim(self, *, limit: int = 50, lease: int = LEASE, destinations: set[str] | None = None) -> list[Claim]:
         """Claim the recipients due now (at most ``limit`` messages), leasing them for ``lease`` seconds (the worker

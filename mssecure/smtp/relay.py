@@ -142,8 +142,8 @@ class Relay:
         auth = config.auth
         limiter = FailureLimiter(limit=auth.max_failures, window=auth.failure_window, clock=time.monotonic)
         submission = SubmissionHandler(config, self.processor, self.queue, self.events, limiter=limiter,
-                                       on_queued=self.worker.wake.set)  # fmt: skip
-        inbound = InboundHandler(config, self.processor, self.queue, self.events, on_queued=self.worker.wake.set)
+                                       on_queued=self.worker.hand)  # fmt: skip
+        inbound = InboundHandler(config, self.processor, self.queue, self.events, on_queued=self.worker.hand)
         loop = asyncio.get_running_loop()
         listeners: list[tuple[str, int, Any, ssl.SSLContext | None]] = [
             ("submission", config.smtp.submission_port,

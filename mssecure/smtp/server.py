@@ -20,7 +20,7 @@ import re
 import ssl
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -47,7 +47,7 @@ from mssecure.smtp.policy import (
 )
 from mssecure.smtp.processing import DirectoryView, Processor
 from mssecure.smtp.processing import Envelope as RelayEnvelope
-from mssecure.smtp.queue import Queue
+from mssecure.smtp.queue import Claim, Queue
 
 __all__ = ["InboundHandler", "RelaySMTP", "SubmissionHandler"]
 
@@ -292,7 +292,7 @@ class _Handler:
         queue: Queue,
         events: EventSink,
         *,
-        on_queued: Callable[[], None] = lambda: None,
+        on_queued: Callable[[Sequence[Claim]], None] = lambda claims: None,
     ) -> None:
         self.config = config
         self.processor = processor
@@ -365,8 +365,8 @@ class _Handler:
                                      message_id=message_id, sha256=sha256, reply=str(reply), body=data,
                                      copy="received", **context)]  # fmt: skip
 
-            queue_ids = await self._run(self.queue.enqueue, items, accepted)
-            self.on_queued()
+            queue_ids, claims = await self._run(self.queue.accept, items, accepted)
+            self.on_queued(claims)  # the delivery worker starts on them at once
             return str(replies.QUEUED.with_text(f"queued as {queue_ids[0] if queue_ids else 'nothing'}"))
 
         return await self._guard(session, step, **context)

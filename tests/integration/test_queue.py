@@ -50,6 +50,30 @@ def test_enqueue_writes_the_file_and_the_rows(queue: Queue) -> None:
     assert len(message.sha256) == 64
 
 
+def test_accept_queues_and_claims_in_one_transaction_and_a_crash_leaves_them_to_the_next_claim(
+    queue: Queue, clock: Clock
+) -> None:
+    other = Outgoing(destination="local", recipients=("c@chu.test",), data=b"Subject: y\r\n\r\nz\r\n",
+                     origin="inbound", kind="mdn", sender="", actor="peer.test", message_id=None)  # fmt: skip
+    ids, claims = queue.accept([item(), other], lease=60)
+    assert [c.queue_id for c in claims] == ids
+    first, second = claims
+    assert [address for _, address in first.recipients] == ["a@x.test", "b@x.test"]
+    assert (first.destination, first.attempts, first.sha256) == ("peer.test", 1, queue.get(ids[0].lower()).sha256)
+    assert (second.destination, second.kind, second.recipients[0][1]) == ("local", "mdn", "c@chu.test")
+    message = queue.get(ids[0].lower())
+    assert {(r.id, r.state, r.attempts) for r in message.recipients} == {(rid, "delivering", 1)
+                                                                          for rid, _ in first.recipients}  # fmt: skip
+    assert queue.claim() == []  # claimed already: no second delivery
+    clock.now += timedelta(seconds=61)  # the process that accepted them died: the lease runs out
+    again = {c.queue_id: c for c in queue.claim()}
+    assert set(again) == set(ids)
+    assert again[ids[0]].attempts == 2
+    queue.delivered([rid for rid, _ in again[ids[0]].recipients])
+    assert ids[0] not in set(queue.spool.names())  # delivered: the message and its file are gone
+    assert ids[1] in set(queue.spool.names())
+
+
 def test_claim_leases_then_retry_schedule_then_delivery_removes_everything(queue: Queue, clock: Clock) -> None:
     (queue_id,) = queue.enqueue([item()])
     (claim,) = queue.claim()

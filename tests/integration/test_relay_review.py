@@ -376,8 +376,8 @@ def test_the_bare_line_ending_scan_runs_off_the_event_loop(monkeypatch: pytest.M
 
     class NoQueue:
         @staticmethod
-        def enqueue(items: list[Any], events: Any = None) -> list[str]:
-            return []
+        def accept(items: list[Any], events: Any = None) -> tuple[list[str], list[Any]]:
+            return [], []
 
     handler = server.SubmissionHandler(None, None, NoQueue(), lambda event: None, limiter=None)  # type: ignore[arg-type]
     session = Session(loop=None)  # type: ignore[arg-type]
