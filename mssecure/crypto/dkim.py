@@ -61,9 +61,7 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key: Any, now: int 
     removed. dkimpy's ``verify`` checks what this signs (tests/unit/crypto/test_dkim.py)."""
     if not is_canonical(message):
         raise SignatureError("cannot DKIM-sign: the message has bare CR or LF line endings")
-    head, separator, body = message.partition(b"\r\n\r\n")
-    if not separator:
-        head, body = message.removesuffix(b"\r\n"), b""
+    head, body = _split(message)
     try:
         headers, _ = dkimpy.rfc822_parse(head + b"\r\n\r\n")
     except dkimpy.DKIMException as exc:
@@ -72,7 +70,7 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key: Any, now: int 
     include = [name for name in SIGNED_HEADERS if name in present]
     if b"from" not in include:
         raise SignatureError("cannot DKIM-sign: the message has no From field")
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    body_hash = base64.b64encode(_relaxed_body_hash(body))
     fields = [
         (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"), (b"d", domain.encode()),
         (b"i", b"@" + domain.encode()), (b"q", b"dns/txt"), (b"s", selector.encode()),
@@ -89,6 +87,30 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key: Any, now: int 
 
 def _value(fields: list[tuple[bytes, bytes]]) -> bytes:
     return dkimpy.fold(b"; ".join(b"=".join(field) for field in fields), namelen=len(b"DKIM-Signature"))  # type: ignore[no-any-return]
+
+
+def _split(message: bytes) -> tuple[bytes, memoryview]:
+    """(header block, body) of a CRLF message; the body is a view (no copy of a large message)."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return message.removesuffix(b"\r\n"), memoryview(b"")
+    return message[:end], memoryview(message)[end + 4 :]
+
+
+def _relaxed_body_hash(body: memoryview) -> bytes:
+    """SHA-256 of ``relaxed_body(body)``, without copying a body that has no spaces or tabs."""
+    data = body.obj
+    assert isinstance(data, bytes)
+    start = len(data) - len(body)
+    if data.find(b" ", start) >= 0 or data.find(b"\t", start) >= 0:
+        return hashlib.sha256(relaxed_body(bytes(body))).digest()
+    end = len(data)
+    while data.endswith(b"\r\n", start, end):
+        end -= 2
+    hasher = hashlib.sha256(body[: end - start])
+    if end > start:
+        hasher.update(b"\r\n")
+    return hasher.digest()
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -149,9 +171,7 @@ def _check_first_signature(message: bytes, lookup: Callable[..., bytes | None]) 
     by step (tag parsing and checks, key record, header canonicalisation and selection, the extra From of its bug
     #644046), with our body hash and ``cryptography``'s RSA, as for signing. Only rsa-sha256: RFC 8301 §3.1
     forbids accepting rsa-sha1."""
-    head, separator, body = message.partition(b"\r\n\r\n")
-    if not separator:
-        head, body = message.removesuffix(b"\r\n"), b""
+    head, body = _split(message)
     headers, _ = dkimpy.rfc822_parse(head + b"\r\n\r\n")
     field = next((h for h in headers if h[0].lower() == b"dkim-signature"), None)
     if field is None:
@@ -167,10 +187,12 @@ def _check_first_signature(message: bytes, lookup: Callable[..., bytes | None]) 
         policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     except dkimpy.InvalidCanonicalizationPolicyError as exc:
         raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]!r}") from None
-    canonical = relaxed_body(body) if policy.body_algorithm is Relaxed else policy.canonicalize_body(body)
-    if b"l" in sig:
-        canonical = canonical[: int(sig[b"l"])]
-    if hashlib.sha256(canonical).digest() != base64.b64decode(b"".join(sig[b"bh"].split())):
+    if policy.body_algorithm is Relaxed and b"l" not in sig:
+        body_hash = _relaxed_body_hash(body)
+    else:
+        canonical = policy.canonicalize_body(bytes(body))
+        body_hash = hashlib.sha256(canonical[: int(sig[b"l"])] if b"l" in sig else canonical).digest()
+    if body_hash != base64.b64decode(b"".join(sig[b"bh"].split())):
         return "body hash mismatch"
     pk, keysize, ktag, _ = dkimpy.load_pk_from_dns(sig[b"s"] + b"._domainkey." + sig[b"d"] + b".", lookup)
     if ktag != b"rsa":

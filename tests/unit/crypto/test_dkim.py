@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import dkim
 import pytest
@@ -12,7 +13,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mssecure.crypto.dkim import dkim_sign, dkim_verify, relaxed_body, signature_domain
+from mssecure.crypto.dkim import _relaxed_body_hash, _split, dkim_sign, dkim_verify, relaxed_body, signature_domain
 from mssecure.errors import SignatureError
 
 MESSAGE = (
@@ -173,3 +174,13 @@ def test_relaxed_body_is_dkimpys_on_crlf_bodies(lines: list[bytes]) -> None:
         if candidate.endswith(b"\r"):
             continue
         assert relaxed_body(candidate) == Relaxed.canonicalize_body(candidate)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"QUJD", b"x y", b"\t", b"", b"=="]), max_size=8), st.integers(0, 3))
+def test_the_body_hash_without_copies_is_the_hash_of_the_relaxed_body(lines: list[bytes], trailing: int) -> None:
+    body = b"".join(line + b"\r\n" for line in lines) + b"\r\n" * trailing
+    message = b"From: a@b.test\r\n\r\n" + body
+    head, view = _split(message)
+    assert (head, bytes(view)) == (b"From: a@b.test", body)
+    assert _relaxed_body_hash(view) == hashlib.sha256(relaxed_body(body)).digest()
