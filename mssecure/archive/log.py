@@ -40,6 +40,20 @@ _MAX_SHORT = 998  # addresses, identifiers, Message-IDs (RFC 5322 §2.1.1: a lin
 
 _events = cast(sa.Table, ArchiveEventRecord.__table__)
 _head = cast(sa.Table, ArchiveHead.__table__)
+# The three statements of every append, built once (the relay appends for every message).
+_TAKE = (
+    sa.update(_head)
+    .where(_head.c.id == 1)
+    .values(sequence=_head.c.sequence + sa.bindparam("count", type_=sa.Integer()))
+    .returning(_head.c.sequence, _head.c.hash, _head.c.frontier)
+)
+_INSERT_EVENTS = sa.insert(_events)
+_ADVANCE = (
+    sa.update(_head)
+    .where(_head.c.id == 1)
+    .values(hash=sa.bindparam("new_hash", type_=_head.c.hash.type),
+            frontier=sa.bindparam("new_frontier", type_=_head.c.frontier.type))
+)  # fmt: skip
 _checkpoints = cast(sa.Table, ArchiveCheckpointRecord.__table__)
 
 
@@ -111,12 +125,7 @@ class Archive:
             return self._append(own, batch)
 
     def _append(self, connection: sa.Connection, batch: list[Event]) -> list[int]:
-        taken = connection.execute(
-            sa.update(_head)
-            .where(_head.c.id == 1)
-            .values(sequence=_head.c.sequence + len(batch))
-            .returning(_head.c.sequence, _head.c.hash, _head.c.frontier)
-        ).one_or_none()
+        taken = connection.execute(_TAKE, {"count": len(batch)}).one_or_none()
         if taken is None:
             raise ArchiveError("the archive has no chain head (was the database created by `mssecure db upgrade`?)")
         first = taken.sequence - len(batch) + 1
@@ -131,8 +140,8 @@ class Archive:
             prev = row["hash"]
             frontier.append_leaf_hash(bytes.fromhex(prev))
             rows.append(row)
-        connection.execute(sa.insert(_events), rows)
-        connection.execute(sa.update(_head).where(_head.c.id == 1).values(hash=prev, frontier=frontier.to_bytes()))
+        connection.execute(_INSERT_EVENTS, rows)
+        connection.execute(_ADVANCE, {"new_hash": prev, "new_frontier": frontier.to_bytes()})
         return list(range(first, first + len(batch)))
 
     @staticmethod

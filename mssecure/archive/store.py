@@ -96,6 +96,12 @@ _PUT_ATTEMPTS = 3  # a concurrent writer can win the insert of the same body at 
 _bodies = cast(sa.Table, ArchiveBody.__table__)
 _copies = cast(sa.Table, ArchiveCopy.__table__)
 _LAST = {"received": _bodies.c.last_received_at, "delivered": _bodies.c.last_delivered_at}
+# Built once: the relay stores copies for every message (a body inserted unless the same bytes are stored already).
+_INSERT_BODY: dict[str, Any] = {
+    "postgresql": postgresql.insert(_bodies).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(_bodies).on_conflict_do_nothing(),
+}
+_INSERT_COPY = sa.insert(_copies)
 
 
 def _clean(value: str | None) -> str | None:
@@ -376,15 +382,10 @@ class MessageStore:
             else:  # pragma: no cover - needs three lost races in a row
                 raise ArchiveError(f"could not store message {sha256}: the store kept changing under us")
             conn.execute(
-                sa.insert(_copies).values(
-                    sha256=sha256,
-                    kind=kind,
-                    queue_id=_clean(queue_id) or "",
-                    message_id=_clean(message_id),
-                    recipient=_clean(recipient),
-                    stored_at=at,
-                )
-            )
+                _INSERT_COPY,
+                {"sha256": sha256, "kind": kind, "queue_id": _clean(queue_id) or "", "message_id": _clean(message_id),
+                 "recipient": _clean(recipient), "stored_at": at},
+            )  # fmt: skip
         return sha256
 
     @staticmethod
@@ -417,14 +418,10 @@ class MessageStore:
         """Insert a new body; False if another writer inserted the same bytes first (nothing is aborted: the
         caller's transaction goes on, which a unique-key error would break on PostgreSQL)."""
         values = {"sha256": sha256, **self._sealed_values(size, sealed, at), _LAST[kind].key: at}
-        dialect = conn.dialect.name
-        if dialect == "postgresql":
-            statement: Any = postgresql.insert(_bodies).values(values).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            statement = sqlite.insert(_bodies).values(values).on_conflict_do_nothing()
-        else:  # pragma: no cover - mssecure runs on SQLite and PostgreSQL only
-            raise ArchiveError(f"the message store does not support {dialect} databases")
-        return conn.execute(statement).rowcount == 1
+        statement = _INSERT_BODY.get(conn.dialect.name)
+        if statement is None:  # pragma: no cover - mssecure runs on SQLite and PostgreSQL only
+            raise ArchiveError(f"the message store does not support {conn.dialect.name} databases")
+        return conn.execute(statement, values).rowcount == 1
 
     @staticmethod
     def _sealed_values(size: int, sealed: _Sealed, at: datetime) -> dict[str, Any]:

@@ -29,6 +29,31 @@ from mssecure.smtp.models import PENDING_STATES, QueuedMessage, QueuedRecipient
 _INSERT_MESSAGE = sa.insert(QueuedMessage)  # executed on the connection: plain Core inserts
 _INSERT_RECIPIENT = sa.insert(QueuedRecipient)
 _INSERT_RECIPIENT_RETURNING = _INSERT_RECIPIENT.returning(QueuedRecipient.id, sort_by_parameter_order=True)
+# The statements of every delivery, built once (building and caching a statement cost more than running it).
+_RECIPIENT_IDS: sa.BindParameter[int] = sa.bindparam("ids", expanding=True)
+_DONE: sa.BindParameter[str] = sa.bindparam("done", expanding=True)
+_FINISH = (
+    sa.update(QueuedRecipient)
+    .where(QueuedRecipient.id.in_(_RECIPIENT_IDS))
+    .values(
+        state=sa.bindparam("new_state", type_=sa.String()),
+        last_error=sa.bindparam("error", type_=sa.Text()),
+        updated_at=sa.bindparam("at", type_=QueuedRecipient.updated_at.type),
+    )
+)
+_TOUCHED = sa.select(QueuedRecipient.queue_id).where(QueuedRecipient.id.in_(_RECIPIENT_IDS)).distinct()
+_FINISHED_MESSAGES = sa.select(QueuedMessage.id).where(
+    QueuedMessage.id.in_(_TOUCHED),
+    QueuedMessage.id.not_in(
+        sa.select(QueuedRecipient.queue_id).where(
+            QueuedRecipient.queue_id.in_(_TOUCHED), QueuedRecipient.state.in_(PENDING_STATES)
+        )
+    ),
+)
+_DELETE_RECIPIENTS = sa.delete(QueuedRecipient).where(
+    QueuedRecipient.queue_id.in_(sa.bindparam("done", expanding=True))
+)
+_DELETE_MESSAGES = sa.delete(QueuedMessage).where(QueuedMessage.id.in_(sa.bindparam("done", expanding=True)))
 
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
 
@@ -335,12 +360,9 @@ class Queue:
             return
         now = self.clock()
         with self.sessions.begin() as session:
-            session.execute(
-                sa.update(QueuedRecipient)
-                .where(QueuedRecipient.id.in_(recipient_ids))
-                .values(state=state, last_error=error, updated_at=now)
-            )
-            self._drop_finished(session, recipient_ids)
+            connection = session.connection()
+            connection.execute(_FINISH, {"ids": list(recipient_ids), "new_state": state, "error": error, "at": now})
+            self._drop_finished(connection, recipient_ids)
             self._record(session, events)
         self._logged(events)
 
@@ -364,19 +386,13 @@ class Queue:
         self._logged(events)
         return when
 
-    def _drop_finished(self, session: Session, recipient_ids: Sequence[int]) -> None:
+    def _drop_finished(self, connection: sa.Connection, recipient_ids: Sequence[int]) -> None:
         """Remove the messages of these recipients whose every recipient is finished (their spool files too): the
         messages concerned only, not the whole queue (which grows with the load)."""
-        touched = sa.select(QueuedRecipient.queue_id).where(QueuedRecipient.id.in_(recipient_ids)).distinct()
-        pending = sa.select(QueuedRecipient.queue_id).where(
-            QueuedRecipient.queue_id.in_(touched), QueuedRecipient.state.in_(PENDING_STATES)
-        )
-        done = list(session.scalars(sa.select(QueuedMessage.id).where(QueuedMessage.id.in_(touched),
-                                                                       QueuedMessage.id.not_in(pending))))  # fmt: skip
+        done = list(connection.scalars(_FINISHED_MESSAGES, {"ids": list(recipient_ids)}))
         if done:
-            session.execute(sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id.in_(done)))
-            session.execute(sa.delete(QueuedMessage).where(QueuedMessage.id.in_(done)))
-            session.flush()
+            connection.execute(_DELETE_RECIPIENTS, {"done": done})
+            connection.execute(_DELETE_MESSAGES, {"done": done})
             for queue_id in done:
                 self.spool.remove(queue_id)
 
