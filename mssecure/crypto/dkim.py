@@ -61,7 +61,7 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key: Any, now: int 
     removed. dkimpy's ``verify`` checks what this signs (tests/unit/crypto/test_dkim.py)."""
     if not is_canonical(message):
         raise SignatureError("cannot DKIM-sign: the message has bare CR or LF line endings")
-    head, body = _split(message)
+    head, start = _split(message)
     try:
         headers, _ = dkimpy.rfc822_parse(head + b"\r\n\r\n")
     except dkimpy.DKIMException as exc:
@@ -70,7 +70,7 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key: Any, now: int 
     include = [name for name in SIGNED_HEADERS if name in present]
     if b"from" not in include:
         raise SignatureError("cannot DKIM-sign: the message has no From field")
-    body_hash = base64.b64encode(_relaxed_body_hash(body))
+    body_hash = base64.b64encode(_relaxed_body_hash(message, start))
     fields = [
         (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"), (b"d", domain.encode()),
         (b"i", b"@" + domain.encode()), (b"q", b"dns/txt"), (b"s", selector.encode()),
@@ -89,25 +89,28 @@ def _value(fields: list[tuple[bytes, bytes]]) -> bytes:
     return dkimpy.fold(b"; ".join(b"=".join(field) for field in fields), namelen=len(b"DKIM-Signature"))  # type: ignore[no-any-return]
 
 
-def _split(message: bytes) -> tuple[bytes, memoryview]:
-    """(header block, body) of a CRLF message; the body is a view (no copy of a large message)."""
+def _split(message: bytes) -> tuple[bytes, int]:
+    """(header block, where the body starts) of a CRLF message: the body is not copied."""
     end = message.find(b"\r\n\r\n")
     if end < 0:
-        return message.removesuffix(b"\r\n"), memoryview(b"")
-    return message[:end], memoryview(message)[end + 4 :]
+        return message.removesuffix(b"\r\n"), len(message)
+    return message[:end], end + 4
 
 
-def _relaxed_body_hash(body: memoryview) -> bytes:
-    """SHA-256 of ``relaxed_body(body)``, without copying a body that has no spaces or tabs."""
-    data = body.obj
-    assert isinstance(data, bytes)
-    start = len(data) - len(body)
-    if data.find(b" ", start) >= 0 or data.find(b"\t", start) >= 0:
-        return hashlib.sha256(relaxed_body(bytes(body))).digest()
+def _content_end(data: bytes, start: int) -> int:
+    """Where the body that starts at ``start`` ends without its empty lines at the end (RFC 6376 §3.4.4)."""
     end = len(data)
     while data.endswith(b"\r\n", start, end):
         end -= 2
-    hasher = hashlib.sha256(body[: end - start])
+    return end
+
+
+def _relaxed_body_hash(message: bytes, start: int) -> bytes:
+    """SHA-256 of ``relaxed_body(message[start:])``, without copying a body that has no spaces or tabs."""
+    if message.find(b" ", start) >= 0 or message.find(b"\t", start) >= 0:
+        return hashlib.sha256(Relaxed.canonicalize_body(message[start:])).digest()
+    end = _content_end(message, start)
+    hasher = hashlib.sha256(memoryview(message)[start:end])
     if end > start:
         hasher.update(b"\r\n")
     return hasher.digest()
@@ -118,9 +121,7 @@ def relaxed_body(body: bytes) -> bytes:
     only the empty lines at the end go (dkimpy makes four passes over the body with regular expressions)."""
     if b" " in body or b"\t" in body:
         return Relaxed.canonicalize_body(body)  # type: ignore[no-any-return]
-    end = len(body)
-    while body.endswith(b"\r\n", 0, end):
-        end -= 2
+    end = _content_end(body, 0)
     return body[:end] + b"\r\n" if end else b""
 
 
@@ -171,7 +172,7 @@ def _check_first_signature(message: bytes, lookup: Callable[..., bytes | None]) 
     by step (tag parsing and checks, key record, header canonicalisation and selection, the extra From of its bug
     #644046), with our body hash and ``cryptography``'s RSA, as for signing. Only rsa-sha256: RFC 8301 §3.1
     forbids accepting rsa-sha1."""
-    head, body = _split(message)
+    head, start = _split(message)
     headers, _ = dkimpy.rfc822_parse(head + b"\r\n\r\n")
     field = next((h for h in headers if h[0].lower() == b"dkim-signature"), None)
     if field is None:
@@ -188,9 +189,9 @@ def _check_first_signature(message: bytes, lookup: Callable[..., bytes | None]) 
     except dkimpy.InvalidCanonicalizationPolicyError as exc:
         raise dkimpy.MessageFormatError(f"invalid c= value: {exc.args[0]!r}") from None
     if policy.body_algorithm is Relaxed and b"l" not in sig:
-        body_hash = _relaxed_body_hash(body)
+        body_hash = _relaxed_body_hash(message, start)
     else:
-        canonical = policy.canonicalize_body(bytes(body))
+        canonical = policy.canonicalize_body(message[start:])
         body_hash = hashlib.sha256(canonical[: int(sig[b"l"])] if b"l" in sig else canonical).digest()
     if body_hash != base64.b64decode(b"".join(sig[b"bh"].split())):
         return "body hash mismatch"

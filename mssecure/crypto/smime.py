@@ -73,14 +73,20 @@ def is_canonical(message: bytes) -> bool:
 
 def _split(message: bytes) -> tuple[bytes, bytes]:
     """(header block without the blank line, body) of a CRLF message."""
+    head, start = _cut(message)
+    return head, message[start:]
+
+
+def _cut(message: bytes) -> tuple[bytes, int]:
+    """(header block without the blank line, where the body starts) of a CRLF message, without copying the body."""
     if message.startswith(b"\r\n"):
-        return b"", message[2:]
-    head, separator, body = message.partition(b"\r\n\r\n")
-    if not separator:
+        return b"", 2
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
         if len(message) > _MAX_HEADER_BYTES:
             raise SignatureError("no end of headers found")
-        return message, b""
-    return head, body
+        return message, len(message)
+    return message[:end], end + 4
 
 
 def _headers(head: bytes) -> Message:
@@ -146,18 +152,17 @@ def encrypt(message: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     if not recipients:
         raise SignatureError("no recipient certificate to encrypt to")
     message = canonical(message)
-    head = _head(message)
+    head, start = _cut(message)
     entity_lines = [f for f in _field_lines(head) if f.lower().startswith(b"content-")]
     if not any(f.lower().startswith(b"content-type:") for f in entity_lines):
         entity_lines.insert(0, b"Content-Type: text/plain; charset=us-ascii")
-    body = memoryview(message)[2 if message.startswith(b"\r\n") else len(head) + 4 :]  # as _split cuts it
-    entity = b"".join((b"\r\n".join(entity_lines), b"\r\n\r\n", body))  # one copy of the body, not two
+    entity = b"".join((b"\r\n".join(entity_lines), b"\r\n\r\n", memoryview(message)[start:]))  # one copy of the body
     builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity).set_content_encryption_algorithm(algorithms.AES256)
     for certificate in recipients:
         _check_recipient(certificate)
         builder = builder.add_recipient(certificate)
     enveloped = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    del entity, body
+    del builder, entity  # the envelope's input goes before its base64 form is built
     outer = b"\r\n".join(_outer_lines(head))
     header = (
         (outer + b"\r\n" if outer else b"")
@@ -214,8 +219,8 @@ def _head(message: bytes) -> bytes:
     """The header block of a message in any line-ending form, without reading the body."""
     end = message.find(b"\r\n\r\n", 0, _MAX_HEADER_BYTES + 4)
     if end >= 0 and is_canonical(message[: end + 4]):  # then this is the first empty line
-        return _split(message[: end + 4])[0]
-    return _split(canonical(message[: _MAX_HEADER_BYTES + 4]))[0]
+        return _cut(message[: end + 4])[0]
+    return _cut(canonical(message[: _MAX_HEADER_BYTES + 4]))[0]
 
 
 def is_encrypted(message: bytes) -> bool:

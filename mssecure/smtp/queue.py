@@ -50,10 +50,8 @@ _FINISHED_MESSAGES = sa.select(QueuedMessage.id).where(
         )
     ),
 )
-_DELETE_RECIPIENTS = sa.delete(QueuedRecipient).where(
-    QueuedRecipient.queue_id.in_(sa.bindparam("done", expanding=True))
-)
-_DELETE_MESSAGES = sa.delete(QueuedMessage).where(QueuedMessage.id.in_(sa.bindparam("done", expanding=True)))
+_DELETE_RECIPIENTS = sa.delete(QueuedRecipient).where(QueuedRecipient.queue_id.in_(_DONE))
+_DELETE_MESSAGES = sa.delete(QueuedMessage).where(QueuedMessage.id.in_(_DONE))
 
 __all__ = ["Claim", "Outgoing", "Queue", "Spool", "new_queue_id"]
 

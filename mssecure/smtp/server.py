@@ -124,7 +124,7 @@ class RelaySMTP(SMTP):
                 chunk = await self._reader.readexactly(exc.consumed)
             preceding = chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk[:-3])[-2:]
             done = chunk.endswith(b".\r\n") and ((seen == 0 and len(chunk) == 3) or preceding == b"\r\n")
-            seen, tail = seen + len(chunk), (tail + chunk)[-2:]
+            seen, tail = seen + len(chunk), chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
             if problem is None:  # else the data is only drained
                 piece = chunk[:-3] if done else chunk
                 text = line + piece

@@ -24,6 +24,7 @@ from mssecure.archive.models import ArchiveEventRecord
 from mssecure.archive.records import canonical_event, event_hash, format_time
 from mssecure.archive.verify import _graft
 from mssecure.smtp.events import Event
+from tests.integration.test_archive import execute, stored_hash
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -49,17 +50,6 @@ def archive(engine: Engine) -> Archive:
     archive.checkpoint()
     archive.append_many(event(i) for i in range(33, EVENTS + 1))
     return archive
-
-
-def execute(engine: Engine, sql: str, **params: object) -> None:
-    with engine.begin() as connection:
-        connection.execute(sa.text(sql), params)
-
-
-def stored_hash(engine: Engine, sequence: int) -> str:
-    with engine.connect() as connection:
-        return str(connection.execute(sa.text("SELECT hash FROM archive_events WHERE sequence = :s"),
-                                      {"s": sequence}).scalar_one())  # fmt: skip
 
 
 def forge(engine: Engine, sequence: int, prev: str) -> None:

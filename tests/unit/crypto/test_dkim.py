@@ -53,7 +53,7 @@ def test_sign_then_verify_with_a_bundle_key() -> None:
 def dkimpy_signed(message: bytes = MESSAGE, **options: object) -> bytes:
     pem = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                             serialization.NoEncryption())  # fmt: skip
-    header: bytes = dkim.sign(message, b"mssecure", b"chu-nord.mssante.test", pem, **options)  # type: ignore[arg-type]
+    header: bytes = dkim.sign(message, b"mssecure", b"chu-nord.mssante.test", pem, **options)
     return header + message
 
 
@@ -181,6 +181,6 @@ def test_relaxed_body_is_dkimpys_on_crlf_bodies(lines: list[bytes]) -> None:
 def test_the_body_hash_without_copies_is_the_hash_of_the_relaxed_body(lines: list[bytes], trailing: int) -> None:
     body = b"".join(line + b"\r\n" for line in lines) + b"\r\n" * trailing
     message = b"From: a@b.test\r\n\r\n" + body
-    head, view = _split(message)
-    assert (head, bytes(view)) == (b"From: a@b.test", body)
-    assert _relaxed_body_hash(view) == hashlib.sha256(relaxed_body(body)).digest()
+    head, start = _split(message)
+    assert (head, message[start:]) == (b"From: a@b.test", body)
+    assert _relaxed_body_hash(message, start) == hashlib.sha256(relaxed_body(body)).digest()
