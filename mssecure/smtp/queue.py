@@ -219,10 +219,11 @@ class Queue:
             with self.sessions.begin() as session:
                 messages, recipients = self._rows(ids, items, now, lease)
                 connection = session.connection()
-                connection.execute(_INSERT_MESSAGE, messages)
-                if lease is None:
+                if messages:  # nothing to queue (a suppressed duplicate notice) is still an acceptance to archive
+                    connection.execute(_INSERT_MESSAGE, messages)
+                if recipients and lease is None:
                     connection.execute(_INSERT_RECIPIENT, recipients)
-                else:
+                elif recipients:
                     rows = connection.execute(_INSERT_RECIPIENT_RETURNING, recipients).all()
                     claims = self._claims(messages, recipients, [row.id for row in rows])
                 if events is not None:

@@ -74,6 +74,16 @@ def test_accept_queues_and_claims_in_one_transaction_and_a_crash_leaves_them_to_
     assert ids[1] in set(queue.spool.names())
 
 
+def test_nothing_to_queue_still_records_the_acceptance(queue: Queue) -> None:
+    """A suppressed duplicate notice gives no item: the queue writes no row, and the acceptance is still archived
+    (the events factory is called) — never a database error, which the peer would see as 451 and retry forever."""
+    seen: list[list[str]] = []
+    assert queue.enqueue([], lambda ids: seen.append(ids) or []) == []
+    assert queue.accept([], lambda ids: seen.append(ids) or []) == ([], [])
+    assert seen == [[], []]
+    assert queue.claim() == []
+
+
 def test_claim_leases_then_retry_schedule_then_delivery_removes_everything(queue: Queue, clock: Clock) -> None:
     (queue_id,) = queue.enqueue([item()])
     (claim,) = queue.claim()

@@ -7,6 +7,7 @@ Real TLS with the operators' generated certificates, real SMTP clients (smtplib,
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import smtplib
 import socket
@@ -449,6 +450,9 @@ def test_final_delivery_requested_gives_exactly_one_dispatched_notice(pair: Pair
     assert b"X-DIRECT-FINAL-DESTINATION-DELIVERY" in notice
     log = pair.a.log.read_text()
     assert "notice suppressed: processed" in log
+    # The suppressed notice was still accepted (250): B does not keep offering it to A.
+    deferred = json.loads(pair.b.ok("archive", "search", "--type", "deferred", "--json").output)
+    assert [e for e in deferred if e["sender"] == pair.pharmacy] == [], deferred
 
 
 def professional_pem(operator: RelayOperator, address: str, tmp_path: Path) -> Path:
