@@ -28,9 +28,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mssecure.config import load_config
 from mssecure.crypto import smime
+from mssecure.db import make_engine, make_sessionmaker, upgrade_schema
 from mssecure.smtp import notifications
 from mssecure.smtp.delivery import _enhanced
 from mssecure.smtp.maildir import Maildirs
+from mssecure.smtp.queue import Queue, Spool
 from tests.integration.test_relay import A_DOMAIN, B_DOMAIN, Pair, client_context, plain, prescription, submit
 from tests.support.relay import PASSWORD, RelayOperator
 
@@ -359,7 +361,7 @@ def test_a_peer_reply_with_an_odd_enhanced_code_still_makes_a_dsn() -> None:
 # 8. DoS: the bare CR/LF scan of the whole message runs on the event loop
 
 
-def test_the_bare_line_ending_scan_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bare_line_ending_scan_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """server._accept_data calls check_bare_line_endings(data) in the loop thread: its look-behind regex takes about
     1.5 s on a message of max_message_size (50 MiB, measured here), during which every session of the relay
     stands still; any authenticated client or peer can repeat it."""
@@ -374,12 +376,10 @@ def test_the_bare_line_ending_scan_runs_off_the_event_loop(monkeypatch: pytest.M
 
     monkeypatch.setattr(server, "check_bare_line_endings", spy)
 
-    class NoQueue:
-        @staticmethod
-        def accept(items: list[Any], events: Any = None) -> tuple[list[str], list[Any]]:
-            return [], []
-
-    handler = server.SubmissionHandler(None, None, NoQueue(), lambda event: None, limiter=None)  # type: ignore[arg-type]
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    upgrade_schema(engine)
+    queue = Queue(make_sessionmaker(engine), Spool(tmp_path / "spool"), retry_schedule=(60,), max_lifetime=3600)
+    handler = server.SubmissionHandler(None, None, queue, lambda event: None, limiter=None)  # type: ignore[arg-type]
     session = Session(loop=None)  # type: ignore[arg-type]
     session.peer = ("127.0.0.1", 1)
     envelope = Envelope()
